@@ -1,0 +1,608 @@
+//! The configuration file: TOML, strict, documented field by field.
+//!
+//! [`RawConfig`] is what the file says; [`RawConfig::validate`] turns it into [`Config`], the
+//! only type the pipeline accepts, or into a [`ConfigError`] that names the field and line.
+//! Every field is described in `docs/config.md`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::redact::RedactedUrl;
+
+/// A configuration problem, located in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {field}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+    #[serde(default)]
+    pub streams: Vec<RawStream>,
+    #[serde(default)]
+    pub banks: Vec<RawBank>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+    #[serde(default, rename = "match")]
+    pub matching: MatchConfig,
+    #[serde(default)]
+    pub alerts: AlertConfig,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+/// `[server]`: the HTTP listener for /metrics, /healthz, /readyz and the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9750".to_string())
+}
+
+/// How frames are chosen for analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplingMode {
+    /// Decode and analyse keyframes only (IDR, CRA, recovery points): cheapest.
+    Keyframes,
+    /// Decode every frame and analyse `rate` frames per second.
+    Fps,
+}
+
+/// `[sampling]`, and the optional per-stream override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    #[serde(default = "default_mode")]
+    pub mode: SamplingMode,
+    /// Frames per second analysed in `fps` mode, and in the keyframe fallback.
+    #[serde(default = "default_rate")]
+    pub rate: f64,
+    /// A stream in `keyframes` mode that sends no keyframe for this many seconds falls back to
+    /// `fps` sampling until keyframes come again.
+    #[serde(default = "default_keyframe_timeout")]
+    pub keyframe_timeout_secs: f64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { mode: default_mode(), rate: default_rate(), keyframe_timeout_secs: default_keyframe_timeout() }
+    }
+}
+
+fn default_mode() -> SamplingMode {
+    SamplingMode::Keyframes
+}
+fn default_rate() -> f64 {
+    2.0
+}
+fn default_keyframe_timeout() -> f64 {
+    10.0
+}
+
+/// Per-stream override of `[sampling]`: fields left out keep the global value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingOverride {
+    pub mode: Option<SamplingMode>,
+    pub rate: Option<f64>,
+    pub keyframe_timeout_secs: Option<f64>,
+}
+
+/// `[[streams]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub id: Spanned<String>,
+    pub url: Spanned<String>,
+    pub sampling: Option<SamplingOverride>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BankFormat {
+    /// One PDQ hex per line, optional further comma-separated columns, `#` comments.
+    Pdq,
+}
+
+/// `[[banks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBank {
+    pub name: Spanned<String>,
+    pub path: Spanned<String>,
+    #[serde(default = "default_bank_format")]
+    pub format: BankFormat,
+    /// Overrides `[match].distance` for this bank.
+    pub distance: Option<Spanned<u32>>,
+}
+
+fn default_bank_format() -> BankFormat {
+    BankFormat::Pdq
+}
+
+/// `[[webhooks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: Spanned<String>,
+    /// Standard Webhooks secret: `whsec_` followed by base64.
+    pub secret: Spanned<String>,
+    /// Seconds to wait for the receiver's answer to one attempt.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: f64,
+    /// Attempts per alert, the first included.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_webhook_timeout() -> f64 {
+    5.0
+}
+fn default_attempts() -> u32 {
+    4
+}
+
+/// `[match]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Largest Hamming distance (of 256 bits) that counts as a match.
+    #[serde(default = "default_distance")]
+    pub distance: u32,
+    /// Frames whose PDQ quality is below this are not matched (too flat to be trusted).
+    #[serde(default = "default_min_quality")]
+    pub min_quality: u8,
+}
+
+impl Default for MatchConfig {
+    fn default() -> Self {
+        Self { distance: default_distance(), min_quality: default_min_quality() }
+    }
+}
+
+fn default_distance() -> u32 {
+    31
+}
+fn default_min_quality() -> u8 {
+    50
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// After an alert for a stream and bank, further matches of that pair within this many
+    /// seconds are counted but not sent again.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_secs: f64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self { cooldown_secs: default_cooldown() }
+    }
+}
+
+fn default_cooldown() -> f64 {
+    60.0
+}
+
+/// `[source]`: connection behaviour shared by all streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// First reconnect delay; doubles per failure (with jitter) up to `reconnect_max_secs`.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_secs: f64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: f64,
+    /// A stream that delivers no data for this long is treated as dead and reconnected.
+    #[serde(default = "default_stall")]
+    pub stall_timeout_secs: f64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            reconnect_min_secs: default_reconnect_min(),
+            reconnect_max_secs: default_reconnect_max(),
+            stall_timeout_secs: default_stall(),
+        }
+    }
+}
+
+fn default_reconnect_min() -> f64 {
+    0.5
+}
+fn default_reconnect_max() -> f64 {
+    30.0
+}
+fn default_stall() -> f64 {
+    10.0
+}
+
+/// `[pipeline]`: threads and queue sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Decoder threads (streams are spread over them). 0 = number of CPUs, at most 8.
+    #[serde(default)]
+    pub decode_threads: usize,
+    /// Hashing threads. 0 = half the CPUs, at least 1.
+    #[serde(default)]
+    pub hash_threads: usize,
+    /// Compressed access units queued per decoder thread before the stream drops to its next
+    /// keyframe.
+    #[serde(default = "default_au_queue")]
+    pub decode_queue: usize,
+    /// Decoded frames queued for hashing before the oldest frame of the same stream is dropped.
+    #[serde(default = "default_frame_queue")]
+    pub frame_queue: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { decode_threads: 0, hash_threads: 0, decode_queue: default_au_queue(), frame_queue: default_frame_queue() }
+    }
+}
+
+fn default_au_queue() -> usize {
+    256
+}
+fn default_frame_queue() -> usize {
+    64
+}
+
+/// Sampling in force for one stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub mode: SamplingMode,
+    pub rate: f64,
+    pub keyframe_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub id: String,
+    pub url: Url,
+    pub sampling: Sampling,
+}
+
+impl StreamSpec {
+    pub fn redacted_url(&self) -> RedactedUrl<'_> {
+        RedactedUrl(&self.url)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BankSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: BankFormat,
+    pub distance: u32,
+}
+
+#[derive(Clone)]
+pub struct WebhookSpec {
+    pub url: Url,
+    pub secret: String,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSpec")
+            .field("url", &RedactedUrl(&self.url).to_string())
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A validated configuration: the only form the pipeline accepts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub streams: Vec<StreamSpec>,
+    pub banks: Vec<BankSpec>,
+    pub webhooks: Vec<WebhookSpec>,
+    pub matching: MatchConfig,
+    pub cooldown: Duration,
+    pub source: SourceConfig,
+    pub pipeline: PipelineConfig,
+}
+
+/// URL schemes a stream may use: RTSP through retina, everything else through libavformat.
+pub const STREAM_SCHEMES: &[&str] =
+    &["rtsp", "rtsps", "file", "http", "https", "rtmp", "rtmps", "srt", "udp", "tcp", "rtp"];
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        field: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, path, base)
+}
+
+/// Parses and validates configuration text; relative paths are taken from `base`.
+pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            field: "(syntax)".into(),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    raw.validate(text, file, base)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v)
+}
+
+impl RawConfig {
+    pub fn validate(self, text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, field: String, message: String| ConfigError {
+            file: file.to_path_buf(),
+            line: span.filter(|s| s.end > 0).map(|s| line_of(text, s.start)),
+            field,
+            message,
+        };
+
+        let listen = self.server.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+            err(Some(self.server.listen.span()), "server.listen".into(), format!("not an address:port ({e})"))
+        })?;
+
+        let positive = |v: f64, field: &str| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(err(None, field.to_string(), format!("must be a positive number of seconds, got {v}")))
+            }
+        };
+        positive(self.sampling.keyframe_timeout_secs, "sampling.keyframe_timeout_secs")?;
+        if !(self.sampling.rate.is_finite() && self.sampling.rate > 0.0 && self.sampling.rate <= 240.0) {
+            return Err(err(None, "sampling.rate".into(), format!("must be in (0, 240] frames per second, got {}", self.sampling.rate)));
+        }
+        positive(self.alerts.cooldown_secs, "alerts.cooldown_secs").or_else(|e| {
+            if self.alerts.cooldown_secs == 0.0 { Ok(()) } else { Err(e) }
+        })?;
+        positive(self.source.reconnect_min_secs, "source.reconnect_min_secs")?;
+        positive(self.source.reconnect_max_secs, "source.reconnect_max_secs")?;
+        positive(self.source.stall_timeout_secs, "source.stall_timeout_secs")?;
+        if self.source.reconnect_max_secs < self.source.reconnect_min_secs {
+            return Err(err(None, "source.reconnect_max_secs".into(), "must not be below reconnect_min_secs".into()));
+        }
+        if self.matching.distance > 256 {
+            return Err(err(None, "match.distance".into(), "a PDQ hash has 256 bits".into()));
+        }
+        if self.matching.min_quality > 100 {
+            return Err(err(None, "match.min_quality".into(), "quality is 0..=100".into()));
+        }
+        if self.pipeline.decode_queue == 0 || self.pipeline.frame_queue == 0 {
+            return Err(err(None, "pipeline".into(), "queue sizes must be at least 1".into()));
+        }
+
+        let mut ids = HashSet::new();
+        let mut streams = Vec::with_capacity(self.streams.len());
+        for (i, s) in self.streams.iter().enumerate() {
+            let id = s.id.get_ref();
+            validate_id(id).map_err(|m| err(Some(s.id.span()), format!("streams[{i}].id"), m))?;
+            if !ids.insert(id.clone()) {
+                return Err(err(Some(s.id.span()), format!("streams[{i}].id"), format!("duplicate stream id {id:?}")));
+            }
+            let url = parse_stream_url(s.url.get_ref(), base)
+                .map_err(|m| err(Some(s.url.span()), format!("streams[{i}].url"), m))?;
+            let o = s.sampling.as_ref();
+            let sampling = Sampling {
+                mode: o.and_then(|o| o.mode).unwrap_or(self.sampling.mode),
+                rate: o.and_then(|o| o.rate).unwrap_or(self.sampling.rate),
+                keyframe_timeout: secs(o.and_then(|o| o.keyframe_timeout_secs).unwrap_or(self.sampling.keyframe_timeout_secs)),
+            };
+            if !(sampling.rate.is_finite() && sampling.rate > 0.0 && sampling.rate <= 240.0) {
+                return Err(err(Some(s.id.span()), format!("streams[{i}].sampling.rate"), "must be in (0, 240]".into()));
+            }
+            streams.push(StreamSpec { id: id.clone(), url, sampling });
+        }
+
+        let mut names = HashSet::new();
+        let mut banks = Vec::with_capacity(self.banks.len());
+        for (i, b) in self.banks.iter().enumerate() {
+            let name = b.name.get_ref();
+            validate_id(name).map_err(|m| err(Some(b.name.span()), format!("banks[{i}].name"), m))?;
+            if !names.insert(name.clone()) {
+                return Err(err(Some(b.name.span()), format!("banks[{i}].name"), format!("duplicate bank name {name:?}")));
+            }
+            let path = base.join(b.path.get_ref());
+            if !path.is_file() {
+                return Err(err(
+                    Some(b.path.span()),
+                    format!("banks[{i}].path"),
+                    format!("bank file {} does not exist or is not a file", path.display()),
+                ));
+            }
+            let distance = match &b.distance {
+                Some(d) if *d.get_ref() > 256 => {
+                    return Err(err(Some(d.span()), format!("banks[{i}].distance"), "a PDQ hash has 256 bits".into()))
+                }
+                Some(d) => *d.get_ref(),
+                None => self.matching.distance,
+            };
+            banks.push(BankSpec { name: name.clone(), path, format: b.format, distance });
+        }
+
+        let mut webhooks = Vec::with_capacity(self.webhooks.len());
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let url = Url::parse(w.url.get_ref())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                .ok_or_else(|| err(Some(w.url.span()), format!("webhooks[{i}].url"), "must be an http:// or https:// URL".into()))?;
+            standardwebhooks::Webhook::new(w.secret.get_ref())
+                .ok()
+                .filter(|_| w.secret.get_ref().starts_with("whsec_") && w.secret.get_ref().len() > 6)
+                .ok_or_else(|| {
+                    err(Some(w.secret.span()), format!("webhooks[{i}].secret"), "must be \"whsec_\" followed by base64".into())
+                })?;
+            positive(w.timeout_secs, &format!("webhooks[{i}].timeout_secs"))?;
+            if w.max_attempts == 0 {
+                return Err(err(Some(w.url.span()), format!("webhooks[{i}].max_attempts"), "must be at least 1".into()));
+            }
+            webhooks.push(WebhookSpec {
+                url,
+                secret: w.secret.get_ref().clone(),
+                timeout: secs(w.timeout_secs),
+                max_attempts: w.max_attempts,
+            });
+        }
+
+        Ok(Config {
+            listen,
+            streams,
+            banks,
+            webhooks,
+            matching: self.matching,
+            cooldown: secs(self.alerts.cooldown_secs),
+            source: self.source,
+            pipeline: self.pipeline,
+        })
+    }
+}
+
+/// Ids appear in logs, API paths and alert bodies: keep them printable and short.
+fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
+        return Err(format!("{id:?}: use letters, digits, '-', '_', '.', ':' only"));
+    }
+    Ok(())
+}
+
+/// Parses a stream URL; a relative `file:` path is taken from `base`.
+pub fn parse_stream_url(text: &str, base: &Path) -> Result<Url, String> {
+    if let Some(rest) = text.strip_prefix("file://").filter(|r| !r.starts_with('/')) {
+        let abs = std::path::absolute(base.join(rest)).map_err(|e| format!("bad file path: {e}"))?;
+        return Url::from_file_path(&abs).map_err(|_| format!("bad file path {}", abs.display()));
+    }
+    let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !STREAM_SCHEMES.contains(&url.scheme()) {
+        return Err(format!(
+            "unsupported scheme {:?} (supported: {})",
+            url.scheme(),
+            STREAM_SCHEMES.join(", ")
+        ));
+    }
+    if url.scheme() != "file" && !url.has_host() {
+        return Err(format!("{} has no host", RedactedUrl(&url)));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("test.toml"), Path::new("."))
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = check("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9750");
+        assert_eq!(c.matching.distance, 31);
+        assert_eq!(c.matching.min_quality, 50);
+        assert!(c.streams.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let e = check("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn bad_stream_scheme_names_field_and_line() {
+        let e = check("[[streams]]\nid = \"a\"\nurl = \"gopher://h/x\"\n").unwrap_err();
+        assert_eq!(e.field, "streams[0].url");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("gopher"));
+    }
+
+    #[test]
+    fn missing_bank_file_is_an_error() {
+        let e = check("[[banks]]\nname = \"b\"\npath = \"no/such/file.pdq\"\n").unwrap_err();
+        assert_eq!(e.field, "banks[0].path");
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn bad_secret_is_rejected_without_echoing_it() {
+        let e = check("[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"hunter2\"\n").unwrap_err();
+        assert_eq!(e.field, "webhooks[0].secret");
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn stream_sampling_override_keeps_other_global_values() {
+        let c = check(
+            "[sampling]\nmode = \"keyframes\"\nrate = 3.0\n[[streams]]\nid = \"a\"\nurl = \"rtsp://h/x\"\nsampling = { mode = \"fps\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.streams[0].sampling.mode, SamplingMode::Fps);
+        assert_eq!(c.streams[0].sampling.rate, 3.0);
+    }
+
+    #[test]
+    fn duplicate_stream_ids_are_rejected() {
+        let e = check("[[streams]]\nid = \"a\"\nurl = \"rtsp://h/x\"\n[[streams]]\nid = \"a\"\nurl = \"rtsp://h/y\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(5));
+    }
+
+    #[test]
+    fn relative_file_url_is_resolved_against_the_config_folder() {
+        let u = parse_stream_url("file://clips/a.mp4", Path::new("/etc/livewatch")).unwrap();
+        assert_eq!(u.as_str(), "file:///etc/livewatch/clips/a.mp4");
+    }
+}

@@ -1,0 +1,426 @@
+//! Decoding on dedicated threads, and the queue of decoded frames waiting for analysis.
+//!
+//! Streams are spread over a few decoder threads (stream key modulo thread count); each
+//! thread owns the libavcodec decoders of its streams. What leaves this stage is a [`Frame`]:
+//! just the luma plane and where and when it came from.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use ffmpeg_next as ff;
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, warn};
+
+use crate::metrics::{drop_reason, metrics, stage};
+use crate::source::{AccessUnit, CodecConfig, DecodeMsg, Selection};
+use crate::stream::{StreamKey, StreamStatus};
+
+/// A sampled, decoded picture: its luma plane, tightly packed.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub stream: StreamKey,
+    pub pts_us: Option<i64>,
+    /// Arrival of the access unit this picture was decoded from.
+    pub arrival: Instant,
+    pub width: usize,
+    pub height: usize,
+    pub luma: Vec<u8>,
+    /// Luma uses 0..=255 already (JPEG range) rather than 16..=235.
+    pub full_range: bool,
+}
+
+/// Bounded queue of decoded frames. When full, the oldest frame *of the same stream* is
+/// dropped (or the oldest overall if that stream has none queued): for live video the newest
+/// picture is the one worth analysing, and one busy stream must not starve the others.
+pub struct FrameQueue {
+    inner: Mutex<QueueInner>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+struct QueueInner {
+    frames: VecDeque<Frame>,
+    closed: bool,
+}
+
+impl FrameQueue {
+    pub fn new(capacity: usize) -> Self {
+        Self { inner: Mutex::new(QueueInner { frames: VecDeque::new(), closed: false }), ready: Condvar::new(), capacity }
+    }
+
+    /// Adds a frame; returns the stream of a frame dropped to make room, if any.
+    pub fn push(&self, frame: Frame) -> Option<StreamKey> {
+        let mut g = self.inner.lock();
+        let mut dropped = None;
+        if g.frames.len() >= self.capacity {
+            let victim = g.frames.iter().position(|f| f.stream == frame.stream).unwrap_or(0);
+            dropped = g.frames.remove(victim).map(|f| f.stream);
+        }
+        g.frames.push_back(frame);
+        drop(g);
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// Takes up to `max` frames, waiting up to `wait` for the first. Empty when closed.
+    pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<Frame> {
+        let mut g = self.inner.lock();
+        if g.frames.is_empty() && !g.closed {
+            self.ready.wait_for(&mut g, wait);
+        }
+        let n = g.frames.len().min(max);
+        g.frames.drain(..n).collect()
+    }
+
+    pub fn close(&self) {
+        self.inner.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        let g = self.inner.lock();
+        g.closed && g.frames.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One stream's decoder and sampling state.
+struct StreamDecoder {
+    config: Arc<CodecConfig>,
+    low_delay: bool,
+    decoder: ff::decoder::Video,
+    /// Arrival instants of units sent, by pts, to date the pictures that come out.
+    arrivals: VecDeque<(Option<i64>, Instant)>,
+    next_due_us: Option<i64>,
+    scaler: Option<(ff::format::Pixel, u32, u32, ff::software::scaling::Context)>,
+}
+
+fn open_decoder(config: &CodecConfig, low_delay: bool) -> Result<ff::decoder::Video, ff::Error> {
+    let codec = ff::decoder::find(config.id).ok_or(ff::Error::DecoderNotFound)?;
+    let mut ctx = ff::codec::context::Context::new_with_codec(codec);
+    // SAFETY: the context is freshly allocated and not yet opened; extradata is allocated with
+    // av_mallocz plus the padding libavcodec requires, and ownership passes to the context.
+    unsafe {
+        let p = ctx.as_mut_ptr();
+        if let Some(extra) = &config.extradata {
+            let pad = ff::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
+            let buf = ff::ffi::av_mallocz(extra.len() + pad) as *mut u8;
+            if buf.is_null() {
+                return Err(ff::Error::Other { errno: 12 });
+            }
+            std::ptr::copy_nonoverlapping(extra.as_ptr(), buf, extra.len());
+            (*p).extradata = buf;
+            (*p).extradata_size = extra.len() as i32;
+        }
+        if low_delay {
+            // keyframes only: every picture is output at once, none held back for reordering
+            (*p).flags |= ff::ffi::AV_CODEC_FLAG_LOW_DELAY as i32;
+        }
+        (*p).thread_count = 1;
+    }
+    ctx.decoder().video()
+}
+
+/// Spawns `threads` decoder threads; returns their input channels.
+pub fn spawn_decoders(
+    threads: usize,
+    queue: usize,
+    statuses: Arc<HashMap<StreamKey, Arc<StreamStatus>>>,
+    out: Arc<FrameQueue>,
+) -> Vec<(Sender<DecodeMsg>, std::thread::JoinHandle<()>)> {
+    (0..threads)
+        .map(|i| {
+            let (tx, rx) = crossbeam_channel::bounded(queue);
+            let (statuses, out) = (statuses.clone(), out.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("lw-decode-{i}"))
+                .spawn(move || decode_thread(rx, statuses, out))
+                .expect("spawn decoder thread");
+            (tx, handle)
+        })
+        .collect()
+}
+
+fn decode_thread(
+    rx: Receiver<DecodeMsg>,
+    statuses: Arc<HashMap<StreamKey, Arc<StreamStatus>>>,
+    out: Arc<FrameQueue>,
+) {
+    let mut decoders: HashMap<StreamKey, StreamDecoder> = HashMap::new();
+    let mut picture = ff::frame::Video::empty();
+    for msg in rx.iter() {
+        match msg {
+            DecodeMsg::Close(key) => {
+                decoders.remove(&key);
+            }
+            DecodeMsg::Unit(au, selection) => {
+                let Some(status) = statuses.get(&au.stream) else { continue };
+                let started = Instant::now();
+                decode_unit(&mut decoders, au, selection, status, &out, &mut picture);
+                metrics().stage_seconds.with_label_values(&[stage::DECODE]).observe(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+fn decode_unit(
+    decoders: &mut HashMap<StreamKey, StreamDecoder>,
+    au: AccessUnit,
+    selection: Selection,
+    status: &StreamStatus,
+    out: &FrameQueue,
+    picture: &mut ff::frame::Video,
+) {
+    let key = au.stream;
+    let low_delay = selection == Selection::Every;
+    let stale = decoders
+        .get(&key)
+        .is_none_or(|d| au.discontinuity || *d.config != *au.codec || d.low_delay != low_delay);
+    if stale {
+        match open_decoder(&au.codec, low_delay) {
+            Ok(decoder) => {
+                debug!(stream = %status.id, codec = au.codec.name(), low_delay, "decoder opened");
+                decoders.insert(
+                    key,
+                    StreamDecoder {
+                        config: au.codec.clone(),
+                        low_delay,
+                        decoder,
+                        arrivals: VecDeque::new(),
+                        next_due_us: None,
+                        scaler: None,
+                    },
+                );
+            }
+            Err(e) => {
+                warn!(stream = %status.id, error = %e, "cannot open decoder");
+                count_drop(status);
+                return;
+            }
+        }
+    }
+    let d = decoders.get_mut(&key).expect("decoder present");
+    let mut packet = ff::Packet::copy(&au.data);
+    packet.set_pts(au.pts_us);
+    packet.set_dts(None);
+    if au.keyframe {
+        packet.set_flags(ff::packet::Flags::KEY);
+    }
+    d.arrivals.push_back((au.pts_us, au.arrival));
+    while d.arrivals.len() > 64 {
+        d.arrivals.pop_front();
+    }
+    if let Err(e) = d.decoder.send_packet(&packet) {
+        debug!(stream = %status.id, error = %e, "decoder rejected a unit");
+        count_drop(status);
+        return;
+    }
+    while d.decoder.receive_frame(picture).is_ok() {
+        metrics().frames_decoded.inc();
+        status.frames_decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pts = picture.pts();
+        if let Selection::Rate(rate) = selection {
+            if let Some(p) = pts {
+                let period = (1_000_000.0 / rate) as i64;
+                match d.next_due_us {
+                    Some(due) if p < due && due - p <= 10 * period => continue,
+                    _ => d.next_due_us = Some(p + period),
+                }
+            }
+        }
+        let arrival = d
+            .arrivals
+            .iter()
+            .find(|(p, _)| *p == pts && pts.is_some())
+            .or(d.arrivals.back())
+            .map(|(_, a)| *a)
+            .unwrap_or(au.arrival);
+        match extract_luma(picture, &mut d.scaler) {
+            Some((luma, full_range)) => {
+                let frame = Frame {
+                    stream: key,
+                    pts_us: pts,
+                    arrival,
+                    width: picture.width() as usize,
+                    height: picture.height() as usize,
+                    luma,
+                    full_range,
+                };
+                if let Some(victim) = out.push(frame) {
+                    metrics().frames_dropped.with_label_values(&[drop_reason::HASH_QUEUE_FULL]).inc();
+                    if victim == key {
+                        status.frames_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            None => count_drop(status),
+        }
+    }
+}
+
+fn count_drop(status: &StreamStatus) {
+    metrics().frames_dropped.with_label_values(&[drop_reason::DECODE_ERROR]).inc();
+    status.frames_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Copies the 8-bit luma plane out of a decoded picture, converting formats whose plane 0 is
+/// not 8-bit luma (high bit depth, packed RGB) through swscale.
+fn extract_luma(
+    picture: &ff::frame::Video,
+    scaler: &mut Option<(ff::format::Pixel, u32, u32, ff::software::scaling::Context)>,
+) -> Option<(Vec<u8>, bool)> {
+    use ff::format::Pixel;
+    let (w, h) = (picture.width(), picture.height());
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let format = picture.format();
+    let jpeg_range = picture.color_range() == ff::color::Range::JPEG;
+    let direct = match format {
+        Pixel::YUV420P | Pixel::YUV422P | Pixel::YUV444P | Pixel::NV12 | Pixel::NV21 | Pixel::GRAY8 => {
+            Some(jpeg_range)
+        }
+        Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P => Some(true),
+        _ => None,
+    };
+    if let Some(full_range) = direct {
+        return Some((copy_plane(picture, 0, w as usize, h as usize), full_range));
+    }
+    let needs_new = scaler.as_ref().is_none_or(|(f, sw, sh, _)| *f != format || *sw != w || *sh != h);
+    if needs_new {
+        let ctx = ff::software::scaling::Context::get(format, w, h, Pixel::GRAY8, w, h, ff::software::scaling::Flags::POINT).ok()?;
+        *scaler = Some((format, w, h, ctx));
+    }
+    let (_, _, _, ctx) = scaler.as_mut()?;
+    let mut gray = ff::frame::Video::empty();
+    ctx.run(picture, &mut gray).ok()?;
+    // swscale's GRAY8 output is full range
+    Some((copy_plane(&gray, 0, w as usize, h as usize), true))
+}
+
+fn copy_plane(picture: &ff::frame::Video, plane: usize, w: usize, h: usize) -> Vec<u8> {
+    let stride = picture.stride(plane);
+    let data = picture.data(plane);
+    let mut out = Vec::with_capacity(w * h);
+    for row in 0..h {
+        out.extend_from_slice(&data[row * stride..row * stride + w]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(stream: StreamKey, tag: u8) -> Frame {
+        Frame {
+            stream,
+            pts_us: Some(tag as i64),
+            arrival: Instant::now(),
+            width: 1,
+            height: 1,
+            luma: vec![tag],
+            full_range: true,
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_the_oldest_frame_of_the_same_stream() {
+        let q = FrameQueue::new(3);
+        assert_eq!(q.push(frame(1, 10)), None);
+        assert_eq!(q.push(frame(2, 20)), None);
+        assert_eq!(q.push(frame(1, 11)), None);
+        assert_eq!(q.push(frame(2, 21)), Some(2)); // drops (2, 20), not stream 1's oldest
+        let tags: Vec<u8> = q.pop_batch(10, Duration::ZERO).iter().map(|f| f.luma[0]).collect();
+        assert_eq!(tags, vec![10, 11, 21]);
+    }
+
+    #[test]
+    fn full_queue_without_frames_of_that_stream_drops_the_oldest() {
+        let q = FrameQueue::new(2);
+        q.push(frame(1, 10));
+        q.push(frame(1, 11));
+        assert_eq!(q.push(frame(3, 30)), Some(1));
+        let tags: Vec<u8> = q.pop_batch(10, Duration::ZERO).iter().map(|f| f.luma[0]).collect();
+        assert_eq!(tags, vec![11, 30]);
+    }
+
+    #[test]
+    fn closed_queue_wakes_waiters() {
+        let q = Arc::new(FrameQueue::new(2));
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.pop_batch(4, Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(50));
+        q.close();
+        assert!(t.join().unwrap().is_empty());
+        assert!(q.is_closed());
+    }
+}
+
+/// One hashed frame of a video file, in vPDQ's terms.
+#[derive(Debug, Clone)]
+pub struct VideoFrameHash {
+    /// Index of the frame among all decoded frames, from 0.
+    pub frame_number: u64,
+    pub hash: crate::hash::PdqHash,
+    /// `frame_number / average frame rate`, as vPDQ computes it.
+    pub timestamp: f64,
+}
+
+/// Hashes the frames of a video file: every frame when `seconds_per_hash` is 0, else one frame
+/// every `seconds_per_hash * fps` frames (vPDQ's rule).
+pub fn hash_video_file(path: &std::path::Path, seconds_per_hash: f64) -> anyhow::Result<Vec<VideoFrameHash>> {
+    use anyhow::Context as _;
+    crate::init_media();
+    let mut input = ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Video)
+        .with_context(|| format!("{}: no video stream", path.display()))?;
+    let index = stream.index();
+    let rate = stream.avg_frame_rate();
+    let fps = if rate.denominator() != 0 && rate.numerator() > 0 { f64::from(rate) } else { 30.0 };
+    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
+    let mut decoder = ctx.decoder().video().with_context(|| format!("{}: cannot decode its video", path.display()))?;
+    let every = if seconds_per_hash <= 0.0 { 1 } else { ((seconds_per_hash * fps) as u64).max(1) };
+    let mut hasher = crate::hash::PdqHasher::new();
+    let mut scaler = None;
+    let mut out = Vec::new();
+    let mut frame_number = 0u64;
+    let mut picture = ff::frame::Video::empty();
+    let mut drain = |decoder: &mut ff::decoder::Video, out: &mut Vec<VideoFrameHash>| {
+        while decoder.receive_frame(&mut picture).is_ok() {
+            let n = frame_number;
+            frame_number += 1;
+            if n % every != 0 {
+                continue;
+            }
+            if let Some((luma, full)) = extract_luma(&picture, &mut scaler) {
+                let (w, h) = (picture.width() as usize, picture.height() as usize);
+                let hash = if full { hasher.hash_gray(&luma, w, h, w) } else { hasher.hash_video_luma(&luma, w, h, w) };
+                out.push(VideoFrameHash { frame_number: n, hash, timestamp: n as f64 / fps });
+            }
+        }
+    };
+    for (s, packet) in input.packets() {
+        if s.index() != index {
+            continue;
+        }
+        // a corrupt packet is skipped; the decoder resynchronises at the next keyframe
+        if decoder.send_packet(&packet).is_ok() {
+            drain(&mut decoder, &mut out);
+        }
+    }
+    decoder.send_eof()?;
+    drain(&mut decoder, &mut out);
+    Ok(out)
+}

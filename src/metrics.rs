@@ -1,0 +1,236 @@
+//! Every Prometheus metric of the appliance, defined once.
+//!
+//! Conventions: `livewatch_` prefix, base units (seconds), `_total` for counters, and only
+//! bounded labels (stage names, drop reasons, states, bank names from the config). Per-stream
+//! detail lives in `GET /v1/streams`, not in label values.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec_with_registry, register_histogram_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, Encoder, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub streams: IntGaugeVec,
+    pub sampling_fallback_streams: IntGaugeVec,
+    pub frames_received: IntCounter,
+    pub frames_decoded: IntCounter,
+    pub frames_hashed: IntCounter,
+    pub frames_low_quality: IntCounter,
+    pub frames_dropped: IntCounterVec,
+    pub source_errors: IntCounterVec,
+    pub reconnects: IntCounter,
+    pub matches: IntCounterVec,
+    pub bank_hashes: IntGaugeVec,
+    pub alerts_raised: IntCounterVec,
+    pub alerts_suppressed: IntCounter,
+    pub alerts_sent: IntCounter,
+    pub alerts_failed: IntCounter,
+    pub webhook_attempts: IntCounterVec,
+    pub stage_seconds: HistogramVec,
+    pub alert_latency: Histogram,
+    pub detection_delay: Histogram,
+}
+
+/// Frame drop reasons (the only values of `livewatch_frames_dropped_total{reason}`).
+pub mod drop_reason {
+    /// The decoder's queue was full: the access unit and the rest of its GOP are dropped.
+    pub const DECODE_QUEUE_FULL: &str = "decode_queue_full";
+    /// A non-key access unit after a drop, skipped until the next keyframe.
+    pub const AWAITING_KEYFRAME: &str = "awaiting_keyframe";
+    /// The hashing queue was full: the stream's oldest decoded frame was dropped.
+    pub const HASH_QUEUE_FULL: &str = "hash_queue_full";
+    /// The decoder rejected the data (corrupt or unsupported bitstream).
+    pub const DECODE_ERROR: &str = "decode_error";
+    /// Not needed by the stream's sampling policy (non-key frames in keyframes mode).
+    pub const NOT_SAMPLED: &str = "not_sampled";
+}
+
+/// Pipeline stages (the values of `livewatch_stage_seconds{stage}`).
+pub mod stage {
+    pub const DECODE: &str = "decode";
+    pub const HASH: &str = "hash";
+    pub const MATCH: &str = "match";
+    pub const QUEUE: &str = "queue";
+    pub const DELIVER: &str = "deliver";
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const ALERT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let m = Metrics {
+            build_info: register_int_gauge_vec_with_registry!(
+                "livewatch_build_info",
+                "Always 1; labels say which build and hash backend run",
+                &["version", "hash_backend"],
+                r
+            )
+            .unwrap(),
+            streams: register_int_gauge_vec_with_registry!(
+                "livewatch_streams",
+                "Configured streams by connection state",
+                &["state"],
+                r
+            )
+            .unwrap(),
+            sampling_fallback_streams: register_int_gauge_vec_with_registry!(
+                "livewatch_sampling_fallback_streams",
+                "Streams in keyframes mode that fell back to fps sampling for lack of keyframes",
+                &["mode"],
+                r
+            )
+            .unwrap(),
+            frames_received: register_int_counter_with_registry!(
+                "livewatch_frames_received_total",
+                "Compressed access units received from all sources",
+                r
+            )
+            .unwrap(),
+            frames_decoded: register_int_counter_with_registry!(
+                "livewatch_frames_decoded_total",
+                "Pictures produced by the decoders",
+                r
+            )
+            .unwrap(),
+            frames_hashed: register_int_counter_with_registry!(
+                "livewatch_frames_hashed_total",
+                "Sampled frames hashed with PDQ",
+                r
+            )
+            .unwrap(),
+            frames_low_quality: register_int_counter_with_registry!(
+                "livewatch_frames_low_quality_total",
+                "Hashed frames below the minimum PDQ quality, not matched",
+                r
+            )
+            .unwrap(),
+            frames_dropped: register_int_counter_vec_with_registry!(
+                "livewatch_frames_dropped_total",
+                "Frames dropped before analysis, by reason",
+                &["reason"],
+                r
+            )
+            .unwrap(),
+            source_errors: register_int_counter_vec_with_registry!(
+                "livewatch_source_errors_total",
+                "Source sessions that ended in an error, by kind",
+                &["kind"],
+                r
+            )
+            .unwrap(),
+            reconnects: register_int_counter_with_registry!(
+                "livewatch_source_reconnects_total",
+                "Reconnection attempts after a source session ended",
+                r
+            )
+            .unwrap(),
+            matches: register_int_counter_vec_with_registry!(
+                "livewatch_matches_total",
+                "Frames matching a bank entry within the distance threshold",
+                &["bank"],
+                r
+            )
+            .unwrap(),
+            bank_hashes: register_int_gauge_vec_with_registry!(
+                "livewatch_bank_hashes",
+                "Hashes loaded per bank",
+                &["bank"],
+                r
+            )
+            .unwrap(),
+            alerts_raised: register_int_counter_vec_with_registry!(
+                "livewatch_alerts_raised_total",
+                "Alerts raised by the decision stage, by reason",
+                &["reason"],
+                r
+            )
+            .unwrap(),
+            alerts_suppressed: register_int_counter_with_registry!(
+                "livewatch_alerts_suppressed_total",
+                "Matches not sent again because their stream and bank are in cooldown",
+                r
+            )
+            .unwrap(),
+            alerts_sent: register_int_counter_with_registry!(
+                "livewatch_alerts_sent_total",
+                "Alert deliveries acknowledged with 2xx by a webhook receiver",
+                r
+            )
+            .unwrap(),
+            alerts_failed: register_int_counter_with_registry!(
+                "livewatch_alerts_failed_total",
+                "Alert deliveries abandoned after the last attempt",
+                r
+            )
+            .unwrap(),
+            webhook_attempts: register_int_counter_vec_with_registry!(
+                "livewatch_webhook_attempts_total",
+                "Webhook HTTP attempts by result (2xx, 4xx, 5xx, error)",
+                &["result"],
+                r
+            )
+            .unwrap(),
+            stage_seconds: register_histogram_vec_with_registry!(
+                "livewatch_stage_seconds",
+                "Time spent per frame in each pipeline stage",
+                &["stage"],
+                LATENCY_BUCKETS.to_vec(),
+                r
+            )
+            .unwrap(),
+            alert_latency: register_histogram_with_registry!(
+                "livewatch_alert_latency_seconds",
+                "From the arrival of the frame that completed an alert's condition to the receiver's 2xx",
+                ALERT_BUCKETS.to_vec(),
+                r
+            )
+            .unwrap(),
+            detection_delay: register_histogram_with_registry!(
+                "livewatch_detection_delay_seconds",
+                "From the arrival of the first evidence frame to the alert being raised",
+                ALERT_BUCKETS.to_vec(),
+                r
+            )
+            .unwrap(),
+            registry: r,
+        };
+        for reason in [
+            drop_reason::DECODE_QUEUE_FULL,
+            drop_reason::AWAITING_KEYFRAME,
+            drop_reason::HASH_QUEUE_FULL,
+            drop_reason::DECODE_ERROR,
+            drop_reason::NOT_SAMPLED,
+        ] {
+            m.frames_dropped.with_label_values(&[reason]);
+        }
+        for s in crate::stream::StreamState::ALL {
+            m.streams.with_label_values(&[s.as_str()]);
+        }
+        for s in [stage::DECODE, stage::HASH, stage::MATCH, stage::QUEUE, stage::DELIVER] {
+            m.stage_seconds.with_label_values(&[s]);
+        }
+        m
+    }
+
+    /// The text exposition format served at `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}

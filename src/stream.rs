@@ -1,0 +1,219 @@
+//! Per-stream state shared between the stages and the HTTP API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::metrics::metrics;
+
+/// Index of a stream inside the pipeline (cheap to copy, unlike its id).
+pub type StreamKey = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    /// Configured, its task not yet started.
+    Starting,
+    /// Opening the connection or file.
+    Connecting,
+    /// Receiving media.
+    Playing,
+    /// The last session failed; waiting before the next attempt (`last_error` says why).
+    Backoff,
+    /// Shut down.
+    Stopped,
+}
+
+impl StreamState {
+    pub const ALL: [StreamState; 5] =
+        [Self::Starting, Self::Connecting, Self::Playing, Self::Backoff, Self::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Connecting => "connecting",
+            Self::Playing => "playing",
+            Self::Backoff => "backoff",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamError {
+    pub kind: &'static str,
+    pub message: String,
+    pub at: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: StreamState,
+    last_error: Option<StreamError>,
+    sampling_fallback: bool,
+    codec: Option<String>,
+    resolution: Option<(u32, u32)>,
+    last_frame_at: Option<SystemTime>,
+    last_match_at: Option<SystemTime>,
+}
+
+/// What the appliance knows about one stream right now.
+#[derive(Debug)]
+pub struct StreamStatus {
+    pub key: StreamKey,
+    pub id: Arc<str>,
+    /// The URL without credentials.
+    pub url: String,
+    pub sampling_mode: &'static str,
+    inner: Mutex<Inner>,
+    pub frames_received: AtomicU64,
+    pub frames_decoded: AtomicU64,
+    pub frames_hashed: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub matches: AtomicU64,
+}
+
+/// A snapshot for the API.
+#[derive(Debug, Serialize)]
+pub struct StreamReport {
+    pub id: String,
+    pub url: String,
+    pub state: StreamState,
+    pub sampling_mode: &'static str,
+    pub sampling_fallback: bool,
+    pub codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub frames_received: u64,
+    pub frames_decoded: u64,
+    pub frames_hashed: u64,
+    pub frames_dropped: u64,
+    pub reconnects: u64,
+    pub matches: u64,
+    pub last_frame_age_seconds: Option<f64>,
+    pub last_error: Option<StreamError>,
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl StreamStatus {
+    pub fn new(key: StreamKey, id: &str, url: String, sampling_mode: &'static str) -> Self {
+        metrics().streams.with_label_values(&[StreamState::Starting.as_str()]).inc();
+        Self {
+            key,
+            id: id.into(),
+            url,
+            sampling_mode,
+            inner: Mutex::new(Inner {
+                state: StreamState::Starting,
+                last_error: None,
+                sampling_fallback: false,
+                codec: None,
+                resolution: None,
+                last_frame_at: None,
+                last_match_at: None,
+            }),
+            frames_received: AtomicU64::new(0),
+            frames_decoded: AtomicU64::new(0),
+            frames_hashed: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            matches: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> StreamState {
+        self.inner.lock().state
+    }
+
+    /// Moves to a new state, keeping `livewatch_streams{state}` in step. Returns the old state.
+    pub fn set_state(&self, new: StreamState) -> StreamState {
+        let mut g = self.inner.lock();
+        let old = g.state;
+        if old != new {
+            let m = metrics();
+            m.streams.with_label_values(&[old.as_str()]).dec();
+            m.streams.with_label_values(&[new.as_str()]).inc();
+            g.state = new;
+        }
+        old
+    }
+
+    pub fn set_error(&self, kind: &'static str, message: String) {
+        self.inner.lock().last_error =
+            Some(StreamError { kind, message, at: rfc3339(SystemTime::now()) });
+    }
+
+    pub fn clear_error(&self) {
+        self.inner.lock().last_error = None;
+    }
+
+    pub fn last_error(&self) -> Option<StreamError> {
+        self.inner.lock().last_error.clone()
+    }
+
+    /// Records whether a keyframes-mode stream has fallen back to fps sampling.
+    pub fn set_sampling_fallback(&self, on: bool) {
+        let mut g = self.inner.lock();
+        if g.sampling_fallback != on {
+            g.sampling_fallback = on;
+            let gauge = metrics().sampling_fallback_streams.with_label_values(&["fps"]);
+            if on {
+                gauge.inc()
+            } else {
+                gauge.dec()
+            }
+        }
+    }
+
+    pub fn set_codec(&self, codec: &str, width: u32, height: u32) {
+        let mut g = self.inner.lock();
+        if g.codec.as_deref() != Some(codec) {
+            g.codec = Some(codec.to_string());
+        }
+        g.resolution = Some((width, height));
+    }
+
+    pub fn note_frame(&self) {
+        self.inner.lock().last_frame_at = Some(SystemTime::now());
+    }
+
+    pub fn note_match(&self) {
+        self.matches.fetch_add(1, Ordering::Relaxed);
+        self.inner.lock().last_match_at = Some(SystemTime::now());
+    }
+
+    pub fn report(&self) -> StreamReport {
+        let g = self.inner.lock();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StreamReport {
+            id: self.id.to_string(),
+            url: self.url.clone(),
+            state: g.state,
+            sampling_mode: self.sampling_mode,
+            sampling_fallback: g.sampling_fallback,
+            codec: g.codec.clone(),
+            width: g.resolution.map(|r| r.0),
+            height: g.resolution.map(|r| r.1),
+            frames_received: get(&self.frames_received),
+            frames_decoded: get(&self.frames_decoded),
+            frames_hashed: get(&self.frames_hashed),
+            frames_dropped: get(&self.frames_dropped),
+            reconnects: get(&self.reconnects),
+            matches: get(&self.matches),
+            last_frame_age_seconds: g
+                .last_frame_at
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| d.as_secs_f64()),
+            last_error: g.last_error.clone(),
+        }
+    }
+}
