@@ -57,15 +57,23 @@ impl Dispatcher {
         let endpoints = specs
             .iter()
             .map(|spec| {
-                let signer = Webhook::new(&spec.secret).map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?;
+                let signer = Webhook::new(&spec.secret)
+                    .map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?;
                 let client = reqwest::Client::builder()
                     .timeout(spec.timeout)
                     .user_agent(concat!("livewatch/", env!("CARGO_PKG_VERSION")))
                     .build()?;
-                Ok(Arc::new(Endpoint { spec: spec.clone(), signer, client }))
+                Ok(Arc::new(Endpoint {
+                    spec: spec.clone(),
+                    signer,
+                    client,
+                }))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self { endpoints, tasks: TaskTracker::new() })
+        Ok(Self {
+            endpoints,
+            tasks: TaskTracker::new(),
+        })
     }
 
     /// Delivers every alert from `rx` until it closes, then waits (up to `drain`) for the
@@ -92,8 +100,14 @@ impl Dispatcher {
             }
         }
         self.tasks.close();
-        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
-            warn!(in_flight = self.tasks.len(), "shutdown: deliveries still in flight were abandoned");
+        if tokio::time::timeout(drain, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = self.tasks.len(),
+                "shutdown: deliveries still in flight were abandoned"
+            );
         }
     }
 }
@@ -113,12 +127,15 @@ async fn deliver(ep: &Endpoint, alert: &Alert) -> Delivery {
         attempt += 1;
         let started = Instant::now();
         let result = post(ep, &msg_id, &body).await;
-        m.stage_seconds.with_label_values(&[stage::DELIVER]).observe(started.elapsed().as_secs_f64());
+        m.stage_seconds
+            .with_label_values(&[stage::DELIVER])
+            .observe(started.elapsed().as_secs_f64());
         let (label, retry, detail) = match &result {
             Ok(s) if s.is_success() => ("2xx", false, String::new()),
             Ok(s) if s.is_client_error() => {
                 // the receiver refuses this request; only timeouts and throttling are worth a retry
-                let again = *s == reqwest::StatusCode::REQUEST_TIMEOUT || *s == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                let again = *s == reqwest::StatusCode::REQUEST_TIMEOUT
+                    || *s == reqwest::StatusCode::TOO_MANY_REQUESTS;
                 ("4xx", again, format!("HTTP {s}"))
             }
             Ok(s) => ("5xx", true, format!("HTTP {s}")),
@@ -139,22 +156,48 @@ async fn deliver(ep: &Endpoint, alert: &Alert) -> Delivery {
                 latency_ms = latency.map(|l| l.as_millis() as u64),
                 "alert delivered"
             );
-            return Delivery { alert_id: alert.alert_id.clone(), endpoint, ok: true, attempts: attempt, latency };
+            return Delivery {
+                alert_id: alert.alert_id.clone(),
+                endpoint,
+                ok: true,
+                attempts: attempt,
+                latency,
+            };
         }
         if !retry || attempt >= ep.spec.max_attempts {
             m.alerts_failed.inc();
             warn!(alert_id = %alert.alert_id, endpoint = %endpoint, attempts = attempt, error = %detail, "alert delivery failed");
-            return Delivery { alert_id: alert.alert_id.clone(), endpoint, ok: false, attempts: attempt, latency: None };
+            return Delivery {
+                alert_id: alert.alert_id.clone(),
+                endpoint,
+                ok: false,
+                attempts: attempt,
+                latency: None,
+            };
         }
-        let delay = backoff_delay(attempt - 1, Duration::from_millis(500), Duration::from_secs(10));
+        let delay = backoff_delay(
+            attempt - 1,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        );
         warn!(alert_id = %alert.alert_id, endpoint = %endpoint, attempt, error = %detail, "alert delivery attempt failed; retrying");
         tokio::time::sleep(delay).await;
     }
 }
 
-async fn post(ep: &Endpoint, msg_id: &str, body: &str) -> Result<reqwest::StatusCode, reqwest::Error> {
-    let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let signature = ep.signer.sign(msg_id, ts, body.as_bytes()).expect("UTF-8 body signs");
+async fn post(
+    ep: &Endpoint,
+    msg_id: &str,
+    body: &str,
+) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let ts = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let signature = ep
+        .signer
+        .sign(msg_id, ts, body.as_bytes())
+        .expect("UTF-8 body signs");
     let resp = ep
         .client
         .post(ep.spec.url.clone())

@@ -37,7 +37,10 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 async fn metrics_text() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics().render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics().render(),
+    )
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

@@ -35,9 +35,16 @@ pub struct Bank {
 #[derive(Debug, thiserror::Error)]
 pub enum BankError {
     #[error("{}: cannot read bank: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: {message}", path.display())]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
 }
 
 /// A frame hash within a bank's threshold of one of its entries.
@@ -52,20 +59,41 @@ pub struct Match {
 
 impl Bank {
     pub fn load(spec: &BankSpec) -> Result<Bank, BankError> {
-        let text = std::fs::read_to_string(&spec.path)
-            .map_err(|source| BankError::Io { path: spec.path.clone(), source })?;
+        let text = std::fs::read_to_string(&spec.path).map_err(|source| BankError::Io {
+            path: spec.path.clone(),
+            source,
+        })?;
         let entries = match spec.format {
             BankFormat::Pdq => parse_pdq_lines(&text, &spec.path)?,
         };
-        Ok(Bank::from_entries(&spec.name, spec.path.clone(), spec.distance, entries, &text))
+        Ok(Bank::from_entries(
+            &spec.name,
+            spec.path.clone(),
+            spec.distance,
+            entries,
+            &text,
+        ))
     }
 
-    pub fn from_entries(name: &str, path: PathBuf, distance: u32, entries: Vec<BankEntry>, content: &str) -> Bank {
+    pub fn from_entries(
+        name: &str,
+        path: PathBuf,
+        distance: u32,
+        entries: Vec<BankEntry>,
+        content: &str,
+    ) -> Bank {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         content.hash(&mut h);
         let version = format!("{}-{:016x}", entries.len(), h.finish());
         let limbs = entries.iter().map(|e| e.hash.limbs()).collect();
-        Bank { name: name.into(), path, version, distance, entries, limbs }
+        Bank {
+            name: name.into(),
+            path,
+            version,
+            distance,
+            entries,
+            limbs,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -110,11 +138,14 @@ pub fn parse_pdq_lines(text: &str, path: &Path) -> Result<Vec<BankEntry>, BankEr
         }
         let mut cols = line.splitn(3, ',').map(str::trim);
         let hex = cols.next().unwrap_or("");
-        let hash: Hash256 = hex.to_ascii_lowercase().parse().map_err(|e| BankError::Line {
-            path: path.to_path_buf(),
-            line: line_no,
-            message: format!("{e}"),
-        })?;
+        let hash: Hash256 = hex
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e| BankError::Line {
+                path: path.to_path_buf(),
+                line: line_no,
+                message: format!("{e}"),
+            })?;
         let item: Arc<str> = match cols.next().filter(|s| !s.is_empty()) {
             Some(id) => id.into(),
             None => format!("line:{line_no}").into(),
@@ -133,18 +164,27 @@ pub struct Banks {
 
 impl Banks {
     pub fn load(specs: &[BankSpec]) -> Result<Banks, BankError> {
-        Ok(Banks { banks: specs.iter().map(Bank::load).collect::<Result<_, _>>()? })
+        Ok(Banks {
+            banks: specs.iter().map(Bank::load).collect::<Result<_, _>>()?,
+        })
     }
 
     /// The best match in each bank.
     pub fn matches(&self, hash: &Hash256) -> Vec<Match> {
-        self.banks.iter().filter_map(|b| b.best_match(hash)).collect()
+        self.banks
+            .iter()
+            .filter_map(|b| b.best_match(hash))
+            .collect()
     }
 }
 
 impl fmt::Display for Banks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.banks.iter().map(|b| format!("{} ({} hashes)", b.name, b.len())).collect();
+        let parts: Vec<String> = self
+            .banks
+            .iter()
+            .map(|b| format!("{} ({} hashes)", b.name, b.len()))
+            .collect();
         f.write_str(&parts.join(", "))
     }
 }
@@ -157,7 +197,10 @@ mod tests {
 
     #[test]
     fn parses_hashes_ids_labels_and_comments() {
-        let text = format!("# known items\n\n{A},item-7,attack clip\n{} # trailing\n", A.to_uppercase());
+        let text = format!(
+            "# known items\n\n{A},item-7,attack clip\n{} # trailing\n",
+            A.to_uppercase()
+        );
         let e = parse_pdq_lines(&text, Path::new("b.pdq")).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(&*e[0].item, "item-7");
@@ -170,7 +213,10 @@ mod tests {
     fn a_bad_line_names_file_and_line() {
         let text = format!("{A}\nnot-a-hash\n");
         let err = parse_pdq_lines(&text, Path::new("banks/k.pdq")).unwrap_err();
-        assert_eq!(err.to_string(), "banks/k.pdq:2: a PDQ hash has 64 hex digits, this has 10");
+        assert_eq!(
+            err.to_string(),
+            "banks/k.pdq:2: a PDQ hash has 64 hex digits, this has 10"
+        );
     }
 
     #[test]
@@ -185,8 +231,16 @@ mod tests {
             *w = !*w;
         }
         let entries = vec![
-            BankEntry { hash: far, item: "far".into(), label: None },
-            BankEntry { hash: near, item: "near".into(), label: None },
+            BankEntry {
+                hash: far,
+                item: "far".into(),
+                label: None,
+            },
+            BankEntry {
+                hash: near,
+                item: "near".into(),
+                label: None,
+            },
         ];
         let bank = Bank::from_entries("b", PathBuf::from("b"), 31, entries, "x");
         let m = bank.best_match(&base).unwrap();

@@ -58,7 +58,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen() }
+        Self {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -93,7 +95,11 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { mode: default_mode(), rate: default_rate(), keyframe_timeout_secs: default_keyframe_timeout() }
+        Self {
+            mode: default_mode(),
+            rate: default_rate(),
+            keyframe_timeout_secs: default_keyframe_timeout(),
+        }
     }
 }
 
@@ -184,7 +190,10 @@ pub struct MatchConfig {
 
 impl Default for MatchConfig {
     fn default() -> Self {
-        Self { distance: default_distance(), min_quality: default_min_quality() }
+        Self {
+            distance: default_distance(),
+            min_quality: default_min_quality(),
+        }
     }
 }
 
@@ -207,7 +216,9 @@ pub struct AlertConfig {
 
 impl Default for AlertConfig {
     fn default() -> Self {
-        Self { cooldown_secs: default_cooldown() }
+        Self {
+            cooldown_secs: default_cooldown(),
+        }
     }
 }
 
@@ -270,7 +281,12 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { decode_threads: 0, hash_threads: 0, decode_queue: default_au_queue(), frame_queue: default_frame_queue() }
+        Self {
+            decode_threads: 0,
+            hash_threads: 0,
+            decode_queue: default_au_queue(),
+            frame_queue: default_frame_queue(),
+        }
     }
 }
 
@@ -341,8 +357,9 @@ pub struct Config {
 }
 
 /// URL schemes a stream may use: RTSP through retina, everything else through libavformat.
-pub const STREAM_SCHEMES: &[&str] =
-    &["rtsp", "rtsps", "file", "http", "https", "rtmp", "rtmps", "srt", "udp", "tcp", "rtp"];
+pub const STREAM_SCHEMES: &[&str] = &[
+    "rtsp", "rtsps", "file", "http", "https", "rtmp", "rtmps", "srt", "udp", "tcp", "rtp",
+];
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -380,45 +397,92 @@ fn secs(v: f64) -> Duration {
 
 impl RawConfig {
     pub fn validate(self, text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let err = |span: Option<std::ops::Range<usize>>, field: String, message: String| ConfigError {
-            file: file.to_path_buf(),
-            line: span.filter(|s| s.end > 0).map(|s| line_of(text, s.start)),
-            field,
-            message,
-        };
+        let err =
+            |span: Option<std::ops::Range<usize>>, field: String, message: String| ConfigError {
+                file: file.to_path_buf(),
+                line: span.filter(|s| s.end > 0).map(|s| line_of(text, s.start)),
+                field,
+                message,
+            };
 
-        let listen = self.server.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
-            err(Some(self.server.listen.span()), "server.listen".into(), format!("not an address:port ({e})"))
-        })?;
+        let listen = self
+            .server
+            .listen
+            .get_ref()
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                err(
+                    Some(self.server.listen.span()),
+                    "server.listen".into(),
+                    format!("not an address:port ({e})"),
+                )
+            })?;
 
         let positive = |v: f64, field: &str| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(err(None, field.to_string(), format!("must be a positive number of seconds, got {v}")))
+                Err(err(
+                    None,
+                    field.to_string(),
+                    format!("must be a positive number of seconds, got {v}"),
+                ))
             }
         };
-        positive(self.sampling.keyframe_timeout_secs, "sampling.keyframe_timeout_secs")?;
-        if !(self.sampling.rate.is_finite() && self.sampling.rate > 0.0 && self.sampling.rate <= 240.0) {
-            return Err(err(None, "sampling.rate".into(), format!("must be in (0, 240] frames per second, got {}", self.sampling.rate)));
+        positive(
+            self.sampling.keyframe_timeout_secs,
+            "sampling.keyframe_timeout_secs",
+        )?;
+        if !(self.sampling.rate.is_finite()
+            && self.sampling.rate > 0.0
+            && self.sampling.rate <= 240.0)
+        {
+            return Err(err(
+                None,
+                "sampling.rate".into(),
+                format!(
+                    "must be in (0, 240] frames per second, got {}",
+                    self.sampling.rate
+                ),
+            ));
         }
         positive(self.alerts.cooldown_secs, "alerts.cooldown_secs").or_else(|e| {
-            if self.alerts.cooldown_secs == 0.0 { Ok(()) } else { Err(e) }
+            if self.alerts.cooldown_secs == 0.0 {
+                Ok(())
+            } else {
+                Err(e)
+            }
         })?;
         positive(self.source.reconnect_min_secs, "source.reconnect_min_secs")?;
         positive(self.source.reconnect_max_secs, "source.reconnect_max_secs")?;
         positive(self.source.stall_timeout_secs, "source.stall_timeout_secs")?;
         if self.source.reconnect_max_secs < self.source.reconnect_min_secs {
-            return Err(err(None, "source.reconnect_max_secs".into(), "must not be below reconnect_min_secs".into()));
+            return Err(err(
+                None,
+                "source.reconnect_max_secs".into(),
+                "must not be below reconnect_min_secs".into(),
+            ));
         }
         if self.matching.distance > 256 {
-            return Err(err(None, "match.distance".into(), "a PDQ hash has 256 bits".into()));
+            return Err(err(
+                None,
+                "match.distance".into(),
+                "a PDQ hash has 256 bits".into(),
+            ));
         }
         if self.matching.min_quality > 100 {
-            return Err(err(None, "match.min_quality".into(), "quality is 0..=100".into()));
+            return Err(err(
+                None,
+                "match.min_quality".into(),
+                "quality is 0..=100".into(),
+            ));
         }
         if self.pipeline.decode_queue == 0 || self.pipeline.frame_queue == 0 {
-            return Err(err(None, "pipeline".into(), "queue sizes must be at least 1".into()));
+            return Err(err(
+                None,
+                "pipeline".into(),
+                "queue sizes must be at least 1".into(),
+            ));
         }
 
         let mut ids = HashSet::new();
@@ -427,7 +491,11 @@ impl RawConfig {
             let id = s.id.get_ref();
             validate_id(id).map_err(|m| err(Some(s.id.span()), format!("streams[{i}].id"), m))?;
             if !ids.insert(id.clone()) {
-                return Err(err(Some(s.id.span()), format!("streams[{i}].id"), format!("duplicate stream id {id:?}")));
+                return Err(err(
+                    Some(s.id.span()),
+                    format!("streams[{i}].id"),
+                    format!("duplicate stream id {id:?}"),
+                ));
             }
             let url = parse_stream_url(s.url.get_ref(), base)
                 .map_err(|m| err(Some(s.url.span()), format!("streams[{i}].url"), m))?;
@@ -435,38 +503,66 @@ impl RawConfig {
             let sampling = Sampling {
                 mode: o.and_then(|o| o.mode).unwrap_or(self.sampling.mode),
                 rate: o.and_then(|o| o.rate).unwrap_or(self.sampling.rate),
-                keyframe_timeout: secs(o.and_then(|o| o.keyframe_timeout_secs).unwrap_or(self.sampling.keyframe_timeout_secs)),
+                keyframe_timeout: secs(
+                    o.and_then(|o| o.keyframe_timeout_secs)
+                        .unwrap_or(self.sampling.keyframe_timeout_secs),
+                ),
             };
             if !(sampling.rate.is_finite() && sampling.rate > 0.0 && sampling.rate <= 240.0) {
-                return Err(err(Some(s.id.span()), format!("streams[{i}].sampling.rate"), "must be in (0, 240]".into()));
+                return Err(err(
+                    Some(s.id.span()),
+                    format!("streams[{i}].sampling.rate"),
+                    "must be in (0, 240]".into(),
+                ));
             }
-            streams.push(StreamSpec { id: id.clone(), url, sampling });
+            streams.push(StreamSpec {
+                id: id.clone(),
+                url,
+                sampling,
+            });
         }
 
         let mut names = HashSet::new();
         let mut banks = Vec::with_capacity(self.banks.len());
         for (i, b) in self.banks.iter().enumerate() {
             let name = b.name.get_ref();
-            validate_id(name).map_err(|m| err(Some(b.name.span()), format!("banks[{i}].name"), m))?;
+            validate_id(name)
+                .map_err(|m| err(Some(b.name.span()), format!("banks[{i}].name"), m))?;
             if !names.insert(name.clone()) {
-                return Err(err(Some(b.name.span()), format!("banks[{i}].name"), format!("duplicate bank name {name:?}")));
+                return Err(err(
+                    Some(b.name.span()),
+                    format!("banks[{i}].name"),
+                    format!("duplicate bank name {name:?}"),
+                ));
             }
             let path = base.join(b.path.get_ref());
             if !path.is_file() {
                 return Err(err(
                     Some(b.path.span()),
                     format!("banks[{i}].path"),
-                    format!("bank file {} does not exist or is not a file", path.display()),
+                    format!(
+                        "bank file {} does not exist or is not a file",
+                        path.display()
+                    ),
                 ));
             }
             let distance = match &b.distance {
                 Some(d) if *d.get_ref() > 256 => {
-                    return Err(err(Some(d.span()), format!("banks[{i}].distance"), "a PDQ hash has 256 bits".into()))
+                    return Err(err(
+                        Some(d.span()),
+                        format!("banks[{i}].distance"),
+                        "a PDQ hash has 256 bits".into(),
+                    ))
                 }
                 Some(d) => *d.get_ref(),
                 None => self.matching.distance,
             };
-            banks.push(BankSpec { name: name.clone(), path, format: b.format, distance });
+            banks.push(BankSpec {
+                name: name.clone(),
+                path,
+                format: b.format,
+                distance,
+            });
         }
 
         let mut webhooks = Vec::with_capacity(self.webhooks.len());
@@ -474,16 +570,32 @@ impl RawConfig {
             let url = Url::parse(w.url.get_ref())
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-                .ok_or_else(|| err(Some(w.url.span()), format!("webhooks[{i}].url"), "must be an http:// or https:// URL".into()))?;
+                .ok_or_else(|| {
+                    err(
+                        Some(w.url.span()),
+                        format!("webhooks[{i}].url"),
+                        "must be an http:// or https:// URL".into(),
+                    )
+                })?;
             standardwebhooks::Webhook::new(w.secret.get_ref())
                 .ok()
-                .filter(|_| w.secret.get_ref().starts_with("whsec_") && w.secret.get_ref().len() > 6)
+                .filter(|_| {
+                    w.secret.get_ref().starts_with("whsec_") && w.secret.get_ref().len() > 6
+                })
                 .ok_or_else(|| {
-                    err(Some(w.secret.span()), format!("webhooks[{i}].secret"), "must be \"whsec_\" followed by base64".into())
+                    err(
+                        Some(w.secret.span()),
+                        format!("webhooks[{i}].secret"),
+                        "must be \"whsec_\" followed by base64".into(),
+                    )
                 })?;
             positive(w.timeout_secs, &format!("webhooks[{i}].timeout_secs"))?;
             if w.max_attempts == 0 {
-                return Err(err(Some(w.url.span()), format!("webhooks[{i}].max_attempts"), "must be at least 1".into()));
+                return Err(err(
+                    Some(w.url.span()),
+                    format!("webhooks[{i}].max_attempts"),
+                    "must be at least 1".into(),
+                ));
             }
             webhooks.push(WebhookSpec {
                 url,
@@ -511,8 +623,13 @@ fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters".into());
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
-        return Err(format!("{id:?}: use letters, digits, '-', '_', '.', ':' only"));
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(format!(
+            "{id:?}: use letters, digits, '-', '_', '.', ':' only"
+        ));
     }
     Ok(())
 }
@@ -520,7 +637,8 @@ fn validate_id(id: &str) -> Result<(), String> {
 /// Parses a stream URL; a relative `file:` path is taken from `base`.
 pub fn parse_stream_url(text: &str, base: &Path) -> Result<Url, String> {
     if let Some(rest) = text.strip_prefix("file://").filter(|r| !r.starts_with('/')) {
-        let abs = std::path::absolute(base.join(rest)).map_err(|e| format!("bad file path: {e}"))?;
+        let abs =
+            std::path::absolute(base.join(rest)).map_err(|e| format!("bad file path: {e}"))?;
         return Url::from_file_path(&abs).map_err(|_| format!("bad file path {}", abs.display()));
     }
     let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
@@ -578,7 +696,8 @@ mod tests {
 
     #[test]
     fn bad_secret_is_rejected_without_echoing_it() {
-        let e = check("[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"hunter2\"\n").unwrap_err();
+        let e = check("[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"hunter2\"\n")
+            .unwrap_err();
         assert_eq!(e.field, "webhooks[0].secret");
         assert!(!e.to_string().contains("hunter2"));
     }

@@ -84,7 +84,10 @@ pub struct Decider {
 
 impl Decider {
     pub fn new(cooldown: Duration) -> Self {
-        Self { cooldown, last: HashMap::new() }
+        Self {
+            cooldown,
+            last: HashMap::new(),
+        }
     }
 
     /// An alert for this detection, or `None` while its stream and bank are in cooldown.
@@ -100,8 +103,13 @@ impl Decider {
         let arrived_wall = SystemTime::now()
             .checked_sub(now.saturating_duration_since(d.arrival))
             .unwrap_or_else(SystemTime::now);
-        metrics().alerts_raised.with_label_values(&[Reason::HashMatch.as_str()]).inc();
-        metrics().detection_delay.observe(now.saturating_duration_since(d.arrival).as_secs_f64());
+        metrics()
+            .alerts_raised
+            .with_label_values(&[Reason::HashMatch.as_str()])
+            .inc();
+        metrics()
+            .detection_delay
+            .observe(now.saturating_duration_since(d.arrival).as_secs_f64());
         Some(Alert {
             schema_version: ALERT_SCHEMA_VERSION,
             alert_id: Uuid::now_v7().to_string(),
@@ -125,7 +133,11 @@ impl Decider {
 }
 
 /// Runs the decision stage until the detection channel closes.
-pub async fn run(mut rx: mpsc::Receiver<Detection>, cooldown: Duration, out: mpsc::UnboundedSender<Alert>) {
+pub async fn run(
+    mut rx: mpsc::Receiver<Detection>,
+    cooldown: Duration,
+    out: mpsc::UnboundedSender<Alert>,
+) {
     let mut decider = Decider::new(cooldown);
     while let Some(d) = rx.recv().await {
         if let Some(alert) = decider.decide(&d, Instant::now()) {
@@ -157,7 +169,11 @@ mod tests {
                 bank: bank.into(),
                 bank_version: "1-0".into(),
                 threshold: 31,
-                entry: BankEntry { hash: Hash256::default(), item: "i".into(), label: None },
+                entry: BankEntry {
+                    hash: Hash256::default(),
+                    item: "i".into(),
+                    label: None,
+                },
                 distance: 3,
             },
             frame_hash: Hash256::default(),
@@ -172,10 +188,18 @@ mod tests {
         let mut d = Decider::new(Duration::from_secs(10));
         let t = Instant::now();
         assert!(d.decide(&detection(1, "a"), t).is_some());
-        assert!(d.decide(&detection(1, "a"), t + Duration::from_secs(5)).is_none());
-        assert!(d.decide(&detection(2, "a"), t + Duration::from_secs(5)).is_some());
-        assert!(d.decide(&detection(1, "b"), t + Duration::from_secs(5)).is_some());
-        assert!(d.decide(&detection(1, "a"), t + Duration::from_secs(11)).is_some());
+        assert!(d
+            .decide(&detection(1, "a"), t + Duration::from_secs(5))
+            .is_none());
+        assert!(d
+            .decide(&detection(2, "a"), t + Duration::from_secs(5))
+            .is_some());
+        assert!(d
+            .decide(&detection(1, "b"), t + Duration::from_secs(5))
+            .is_some());
+        assert!(d
+            .decide(&detection(1, "a"), t + Duration::from_secs(11))
+            .is_some());
     }
 
     #[test]

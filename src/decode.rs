@@ -47,7 +47,14 @@ struct QueueInner {
 
 impl FrameQueue {
     pub fn new(capacity: usize) -> Self {
-        Self { inner: Mutex::new(QueueInner { frames: VecDeque::new(), closed: false }), ready: Condvar::new(), capacity }
+        Self {
+            inner: Mutex::new(QueueInner {
+                frames: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        }
     }
 
     /// Adds a frame; returns the stream of a frame dropped to make room, if any.
@@ -55,7 +62,11 @@ impl FrameQueue {
         let mut g = self.inner.lock();
         let mut dropped = None;
         if g.frames.len() >= self.capacity {
-            let victim = g.frames.iter().position(|f| f.stream == frame.stream).unwrap_or(0);
+            let victim = g
+                .frames
+                .iter()
+                .position(|f| f.stream == frame.stream)
+                .unwrap_or(0);
             dropped = g.frames.remove(victim).map(|f| f.stream);
         }
         g.frames.push_back(frame);
@@ -163,10 +174,15 @@ fn decode_thread(
                 decoders.remove(&key);
             }
             DecodeMsg::Unit(au, selection) => {
-                let Some(status) = statuses.get(&au.stream) else { continue };
+                let Some(status) = statuses.get(&au.stream) else {
+                    continue;
+                };
                 let started = Instant::now();
                 decode_unit(&mut decoders, au, selection, status, &out, &mut picture);
-                metrics().stage_seconds.with_label_values(&[stage::DECODE]).observe(started.elapsed().as_secs_f64());
+                metrics()
+                    .stage_seconds
+                    .with_label_values(&[stage::DECODE])
+                    .observe(started.elapsed().as_secs_f64());
             }
         }
     }
@@ -226,7 +242,9 @@ fn decode_unit(
     }
     while d.decoder.receive_frame(picture).is_ok() {
         metrics().frames_decoded.inc();
-        status.frames_decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        status
+            .frames_decoded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pts = picture.pts();
         if let Selection::Rate(rate) = selection {
             if let Some(p) = pts {
@@ -256,9 +274,14 @@ fn decode_unit(
                     full_range,
                 };
                 if let Some(victim) = out.push(frame) {
-                    metrics().frames_dropped.with_label_values(&[drop_reason::HASH_QUEUE_FULL]).inc();
+                    metrics()
+                        .frames_dropped
+                        .with_label_values(&[drop_reason::HASH_QUEUE_FULL])
+                        .inc();
                     if victim == key {
-                        status.frames_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        status
+                            .frames_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
@@ -268,8 +291,13 @@ fn decode_unit(
 }
 
 fn count_drop(status: &StreamStatus) {
-    metrics().frames_dropped.with_label_values(&[drop_reason::DECODE_ERROR]).inc();
-    status.frames_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics()
+        .frames_dropped
+        .with_label_values(&[drop_reason::DECODE_ERROR])
+        .inc();
+    status
+        .frames_dropped
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Copies the 8-bit luma plane out of a decoded picture, converting formats whose plane 0 is
@@ -286,18 +314,32 @@ fn extract_luma(
     let format = picture.format();
     let jpeg_range = picture.color_range() == ff::color::Range::JPEG;
     let direct = match format {
-        Pixel::YUV420P | Pixel::YUV422P | Pixel::YUV444P | Pixel::NV12 | Pixel::NV21 | Pixel::GRAY8 => {
-            Some(jpeg_range)
-        }
+        Pixel::YUV420P
+        | Pixel::YUV422P
+        | Pixel::YUV444P
+        | Pixel::NV12
+        | Pixel::NV21
+        | Pixel::GRAY8 => Some(jpeg_range),
         Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P => Some(true),
         _ => None,
     };
     if let Some(full_range) = direct {
         return Some((copy_plane(picture, 0, w as usize, h as usize), full_range));
     }
-    let needs_new = scaler.as_ref().is_none_or(|(f, sw, sh, _)| *f != format || *sw != w || *sh != h);
+    let needs_new = scaler
+        .as_ref()
+        .is_none_or(|(f, sw, sh, _)| *f != format || *sw != w || *sh != h);
     if needs_new {
-        let ctx = ff::software::scaling::Context::get(format, w, h, Pixel::GRAY8, w, h, ff::software::scaling::Flags::POINT).ok()?;
+        let ctx = ff::software::scaling::Context::get(
+            format,
+            w,
+            h,
+            Pixel::GRAY8,
+            w,
+            h,
+            ff::software::scaling::Flags::POINT,
+        )
+        .ok()?;
         *scaler = Some((format, w, h, ctx));
     }
     let (_, _, _, ctx) = scaler.as_mut()?;
@@ -340,7 +382,11 @@ mod tests {
         assert_eq!(q.push(frame(2, 20)), None);
         assert_eq!(q.push(frame(1, 11)), None);
         assert_eq!(q.push(frame(2, 21)), Some(2)); // drops (2, 20), not stream 1's oldest
-        let tags: Vec<u8> = q.pop_batch(10, Duration::ZERO).iter().map(|f| f.luma[0]).collect();
+        let tags: Vec<u8> = q
+            .pop_batch(10, Duration::ZERO)
+            .iter()
+            .map(|f| f.luma[0])
+            .collect();
         assert_eq!(tags, vec![10, 11, 21]);
     }
 
@@ -350,7 +396,11 @@ mod tests {
         q.push(frame(1, 10));
         q.push(frame(1, 11));
         assert_eq!(q.push(frame(3, 30)), Some(1));
-        let tags: Vec<u8> = q.pop_batch(10, Duration::ZERO).iter().map(|f| f.luma[0]).collect();
+        let tags: Vec<u8> = q
+            .pop_batch(10, Duration::ZERO)
+            .iter()
+            .map(|f| f.luma[0])
+            .collect();
         assert_eq!(tags, vec![11, 30]);
     }
 
@@ -378,20 +428,35 @@ pub struct VideoFrameHash {
 
 /// Hashes the frames of a video file: every frame when `seconds_per_hash` is 0, else one frame
 /// every `seconds_per_hash * fps` frames (vPDQ's rule).
-pub fn hash_video_file(path: &std::path::Path, seconds_per_hash: f64) -> anyhow::Result<Vec<VideoFrameHash>> {
+pub fn hash_video_file(
+    path: &std::path::Path,
+    seconds_per_hash: f64,
+) -> anyhow::Result<Vec<VideoFrameHash>> {
     use anyhow::Context as _;
     crate::init_media();
-    let mut input = ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut input =
+        ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
     let stream = input
         .streams()
         .best(ff::media::Type::Video)
         .with_context(|| format!("{}: no video stream", path.display()))?;
     let index = stream.index();
     let rate = stream.avg_frame_rate();
-    let fps = if rate.denominator() != 0 && rate.numerator() > 0 { f64::from(rate) } else { 30.0 };
+    let fps = if rate.denominator() != 0 && rate.numerator() > 0 {
+        f64::from(rate)
+    } else {
+        30.0
+    };
     let ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
-    let mut decoder = ctx.decoder().video().with_context(|| format!("{}: cannot decode its video", path.display()))?;
-    let every = if seconds_per_hash <= 0.0 { 1 } else { ((seconds_per_hash * fps) as u64).max(1) };
+    let mut decoder = ctx
+        .decoder()
+        .video()
+        .with_context(|| format!("{}: cannot decode its video", path.display()))?;
+    let every = if seconds_per_hash <= 0.0 {
+        1
+    } else {
+        ((seconds_per_hash * fps) as u64).max(1)
+    };
     let mut hasher = crate::hash::PdqHasher::new();
     let mut scaler = None;
     let mut out = Vec::new();
@@ -406,8 +471,16 @@ pub fn hash_video_file(path: &std::path::Path, seconds_per_hash: f64) -> anyhow:
             }
             if let Some((luma, full)) = extract_luma(&picture, &mut scaler) {
                 let (w, h) = (picture.width() as usize, picture.height() as usize);
-                let hash = if full { hasher.hash_gray(&luma, w, h, w) } else { hasher.hash_video_luma(&luma, w, h, w) };
-                out.push(VideoFrameHash { frame_number: n, hash, timestamp: n as f64 / fps });
+                let hash = if full {
+                    hasher.hash_gray(&luma, w, h, w)
+                } else {
+                    hasher.hash_video_luma(&luma, w, h, w)
+                };
+                out.push(VideoFrameHash {
+                    frame_number: n,
+                    hash,
+                    timestamp: n as f64 / fps,
+                });
             }
         }
     };

@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 /// The demo's streams: (stream id, lavfi source). The last one is the "known" clip.
 const CLIPS: &[(&str, &str)] = &[
     ("studio-1", "testsrc2=size=640x360:rate=30"),
-    ("game-2", "life=size=640x360:rate=30:mold=10:ratio=0.2:death_color=#202020:life_color=#e0e0e0"),
+    (
+        "game-2",
+        "life=size=640x360:rate=30:mold=10:ratio=0.2:death_color=#202020:life_color=#e0e0e0",
+    ),
     ("outdoor-3", "cellauto=size=640x360:rate=30:rule=110"),
     ("known-4", "mandelbrot=size=640x360:rate=30"),
 ];
@@ -38,9 +41,38 @@ fn make_clip(dir: &Path, id: &str, source: &str) -> anyhow::Result<PathBuf> {
     }
     let tmp = dir.join(format!("{id}.tmp.mp4"));
     let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, "-t", "10"])
-        .args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", "-pix_fmt", "yuv420p"])
-        .args(["-g", "30", "-keyint_min", "30", "-sc_threshold", "0", "-bf", "0"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            source,
+            "-t",
+            "10",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+        ])
         .arg(&tmp)
         .status()
         .context("running ffmpeg to make the demo clips (install it: apt-get install ffmpeg)")?;
@@ -51,7 +83,11 @@ fn make_clip(dir: &Path, id: &str, source: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub async fn run(listen: String, duration: Option<f64>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listen: String,
+    duration: Option<f64>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let dir = demo_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!("livewatch demo: preparing clips in {}", dir.display());
@@ -64,21 +100,29 @@ pub async fn run(listen: String, duration: Option<f64>, cancel: CancellationToke
     }
 
     // the bank: every keyframe-interval frame of the known clip
-    let known_path = clips.iter().find(|(id, _)| *id == KNOWN).map(|(_, p)| p.clone()).expect("known clip");
+    let known_path = clips
+        .iter()
+        .find(|(id, _)| *id == KNOWN)
+        .map(|(_, p)| p.clone())
+        .expect("known clip");
     let hashes = {
         let p = known_path.clone();
         tokio::task::spawn_blocking(move || crate::decode::hash_video_file(&p, 0.5)).await??
     };
     let mut bank = String::from("# demo bank: frames of the known-4 clip\n");
     for h in &hashes {
-        bank.push_str(&format!("{},demo-clip-frame-{},demo known clip\n", h.hash.hash, h.frame_number));
+        bank.push_str(&format!(
+            "{},demo-clip-frame-{},demo known clip\n",
+            h.hash.hash, h.frame_number
+        ));
     }
     std::fs::write(dir.join("known.pdq"), bank)?;
 
     // the receiver: verifies each signature like a platform would, prints the alert
     let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook_addr = receiver.local_addr()?;
-    let verifier = std::sync::Arc::new(standardwebhooks::Webhook::new(SECRET).expect("demo secret"));
+    let verifier =
+        std::sync::Arc::new(standardwebhooks::Webhook::new(SECRET).expect("demo secret"));
     let app = axum::Router::new().route(
         "/hook",
         post(move |headers: HeaderMap, body: Bytes| {
@@ -88,7 +132,9 @@ pub async fn run(listen: String, duration: Option<f64>, cancel: CancellationToke
     );
     let receiver_cancel = cancel.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(receiver, app).with_graceful_shutdown(async move { receiver_cancel.cancelled().await }).await;
+        let _ = axum::serve(receiver, app)
+            .with_graceful_shutdown(async move { receiver_cancel.cancelled().await })
+            .await;
     });
 
     let mut toml = format!(
@@ -97,7 +143,10 @@ pub async fn run(listen: String, duration: Option<f64>, cancel: CancellationToke
          [[webhooks]]\nurl = \"http://{hook_addr}/hook\"\nsecret = \"{SECRET}\"\n"
     );
     for (id, path) in &clips {
-        toml.push_str(&format!("\n[[streams]]\nid = \"{id}\"\nurl = \"file://{}\"\n", path.display()));
+        toml.push_str(&format!(
+            "\n[[streams]]\nid = \"{id}\"\nurl = \"file://{}\"\n",
+            path.display()
+        ));
     }
     let config_path = dir.join("demo.toml");
     std::fs::write(&config_path, &toml)?;
@@ -108,8 +157,13 @@ pub async fn run(listen: String, duration: Option<f64>, cancel: CancellationToke
         clips.len(),
         hashes.len()
     );
-    println!("livewatch demo: metrics at http://{listen}/metrics, streams at http://{listen}/v1/streams");
-    println!("livewatch demo: config written to {} (run it yourself with `livewatch serve -c`)", config_path.display());
+    println!(
+        "livewatch demo: metrics at http://{listen}/metrics, streams at http://{listen}/v1/streams"
+    );
+    println!(
+        "livewatch demo: config written to {} (run it yourself with `livewatch serve -c`)",
+        config_path.display()
+    );
     if let Some(secs) = duration {
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -131,7 +185,9 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
     let d = &v["data"];
     let latency = d["frame_arrived_at"]
         .as_str()
-        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
         .map(|t| (time::OffsetDateTime::from(SystemTime::now()) - t).as_seconds_f64() * 1000.0);
     println!(
         "ALERT stream={} reason={} bank={} item={} distance={} latency={} (signature verified)",
@@ -140,7 +196,9 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
         d["bank"].as_str().unwrap_or("?"),
         d["item_id"].as_str().unwrap_or("?"),
         d["distance"],
-        latency.map(|l| format!("{l:.0} ms")).unwrap_or_else(|| "?".into()),
+        latency
+            .map(|l| format!("{l:.0} ms"))
+            .unwrap_or_else(|| "?".into()),
     );
     StatusCode::NO_CONTENT
 }

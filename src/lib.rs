@@ -68,7 +68,9 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
 
     let banks = Arc::new(Banks::load(&config.banks)?);
     for b in &banks.banks {
-        m.bank_hashes.with_label_values(&[&b.name]).set(b.len() as i64);
+        m.bank_hashes
+            .with_label_values(&[&b.name])
+            .set(b.len() as i64);
         if b.is_empty() {
             warn!(bank = %b.name, "bank is empty");
         }
@@ -84,12 +86,19 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
                 SamplingMode::Keyframes => "keyframes",
                 SamplingMode::Fps => "fps",
             };
-            Arc::new(StreamStatus::new(i as u32, &s.id, s.redacted_url().to_string(), mode))
+            Arc::new(StreamStatus::new(
+                i as u32,
+                &s.id,
+                s.redacted_url().to_string(),
+                mode,
+            ))
         })
         .collect();
     let status_map = Arc::new(statuses.iter().map(|s| (s.key, s.clone())).collect());
 
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let decode_threads = match config.pipeline.decode_threads {
         0 => cpus.min(8),
         n => n,
@@ -100,12 +109,22 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     };
 
     let frames = Arc::new(FrameQueue::new(config.pipeline.frame_queue));
-    let decoders = decode::spawn_decoders(decode_threads, config.pipeline.decode_queue, status_map, frames.clone());
+    let decoders = decode::spawn_decoders(
+        decode_threads,
+        config.pipeline.decode_queue,
+        status_map,
+        frames.clone(),
+    );
 
     let (det_tx, det_rx) = mpsc::channel::<Detection>(1024);
     let hashers: Vec<_> = (0..hash_threads)
         .map(|i| {
-            let (frames, banks, statuses, tx) = (frames.clone(), banks.clone(), statuses.clone(), det_tx.clone());
+            let (frames, banks, statuses, tx) = (
+                frames.clone(),
+                banks.clone(),
+                statuses.clone(),
+                det_tx.clone(),
+            );
             let min_quality = config.matching.min_quality;
             std::thread::Builder::new()
                 .name(format!("lw-hash-{i}"))
@@ -148,7 +167,12 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     for (spec, status) in config.streams.iter().zip(&statuses) {
         let tx = decoders[status.key as usize % decoders.len()].0.clone();
         let sink = source::AuSink::new(status.clone(), tx, spec.sampling);
-        stream_tasks.push(tokio::spawn(source::supervise(spec.clone(), config.source.clone(), sink, stream_cancel.clone())));
+        stream_tasks.push(tokio::spawn(source::supervise(
+            spec.clone(),
+            config.source.clone(),
+            sink,
+            stream_cancel.clone(),
+        )));
     }
     let decoder_handles: Vec<_> = decoders.into_iter().map(|(_, h)| h).collect();
 
@@ -176,7 +200,10 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             let _ = h.join();
         }
     });
-    if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), joined)
+        .await
+        .is_err()
+    {
         warn!("shutdown: decoder or hash threads did not finish in time");
     }
     let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
@@ -208,14 +235,18 @@ fn hash_thread(
         }
         for f in batch {
             let status = &statuses[f.stream as usize];
-            m.stage_seconds.with_label_values(&[stage::QUEUE]).observe(f.arrival.elapsed().as_secs_f64());
+            m.stage_seconds
+                .with_label_values(&[stage::QUEUE])
+                .observe(f.arrival.elapsed().as_secs_f64());
             let t = Instant::now();
             let h = if f.full_range {
                 hasher.hash_gray(&f.luma, f.width, f.height, f.width)
             } else {
                 hasher.hash_video_luma(&f.luma, f.width, f.height, f.width)
             };
-            m.stage_seconds.with_label_values(&[stage::HASH]).observe(t.elapsed().as_secs_f64());
+            m.stage_seconds
+                .with_label_values(&[stage::HASH])
+                .observe(t.elapsed().as_secs_f64());
             m.frames_hashed.inc();
             status.frames_hashed.fetch_add(1, Ordering::Relaxed);
             if h.quality < min_quality {
@@ -224,7 +255,9 @@ fn hash_thread(
             }
             let t = Instant::now();
             let found = banks.matches(&h.hash);
-            m.stage_seconds.with_label_values(&[stage::MATCH]).observe(t.elapsed().as_secs_f64());
+            m.stage_seconds
+                .with_label_values(&[stage::MATCH])
+                .observe(t.elapsed().as_secs_f64());
             for fm in found {
                 m.matches.with_label_values(&[&fm.bank]).inc();
                 status.note_match();

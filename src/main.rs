@@ -11,7 +11,13 @@ use tracing::error;
 #[command(name = "livewatch", version, about)]
 struct Cli {
     /// Log format: human-readable text, or one JSON object per line.
-    #[arg(long, value_enum, default_value = "text", global = true, env = "LIVEWATCH_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        env = "LIVEWATCH_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -32,9 +38,7 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file (and the bank files it names); exit 0 when it is good.
-    CheckConfig {
-        config: PathBuf,
-    },
+    CheckConfig { config: PathBuf },
     /// Run a self-contained demonstration: bundled clips replayed as live streams, one of them
     /// in a bank, and the demo's own webhook receiver printing each alert.
     Demo {
@@ -60,7 +64,9 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -73,8 +79,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match livewatch::config::load(&config)
             .map_err(anyhow::Error::from)
-            .and_then(|c| livewatch::bank::Banks::load(&c.banks).map(|b| (c, b)).map_err(Into::into))
-        {
+            .and_then(|c| {
+                livewatch::bank::Banks::load(&c.banks)
+                    .map(|b| (c, b))
+                    .map_err(Into::into)
+            }) {
             Ok((c, banks)) => {
                 println!(
                     "{}: ok ({} streams, {} banks: {}, {} webhooks)",
@@ -101,8 +110,14 @@ fn main() -> ExitCode {
             };
             run_async(|cancel| livewatch::run(config, cancel, Default::default()))
         }
-        Command::Demo { listen, duration } => run_async(move |cancel| livewatch::demo::run(listen, duration, cancel)),
-        Command::Hash { video, seconds_per_hash, files } => {
+        Command::Demo { listen, duration } => {
+            run_async(move |cancel| livewatch::demo::run(listen, duration, cancel))
+        }
+        Command::Hash {
+            video,
+            seconds_per_hash,
+            files,
+        } => {
             if !video {
                 eprintln!("error: only --video input is supported by this build");
                 return ExitCode::from(2);
@@ -115,7 +130,10 @@ fn main() -> ExitCode {
                 match livewatch::decode::hash_video_file(&f, seconds_per_hash) {
                     Ok(lines) => {
                         for l in lines {
-                            println!("{},{},{},{:.3}", l.frame_number, l.hash.quality, l.hash.hash, l.timestamp);
+                            println!(
+                                "{},{},{},{:.3}",
+                                l.frame_number, l.hash.quality, l.hash.hash, l.timestamp
+                            );
                         }
                     }
                     Err(e) => {
@@ -135,7 +153,11 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lw-io").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lw-io")
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -60,9 +60,12 @@ pub mod stage {
     pub const DELIVER: &str = "deliver";
 }
 
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-const ALERT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const ALERT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
 
 impl Metrics {
     fn new() -> Self {
@@ -215,7 +218,13 @@ impl Metrics {
         for s in crate::stream::StreamState::ALL {
             m.streams.with_label_values(&[s.as_str()]);
         }
-        for s in [stage::DECODE, stage::HASH, stage::MATCH, stage::QUEUE, stage::DELIVER] {
+        for s in [
+            stage::DECODE,
+            stage::HASH,
+            stage::MATCH,
+            stage::QUEUE,
+            stage::DELIVER,
+        ] {
             m.stage_seconds.with_label_values(&[s]);
         }
         m
@@ -224,7 +233,9 @@ impl Metrics {
     /// The text exposition format served at `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).expect("metrics are UTF-8")
     }
 }

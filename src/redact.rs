@@ -72,7 +72,13 @@ mod tests {
     #[test]
     fn scrub_removes_echoed_secrets() {
         let u = Url::parse("rtmp://bob:p%40ssword@h/app").unwrap();
-        let m = scrub("failed to open rtmp://bob:p@ssword@h/app and p%40ssword", &u);
-        assert!(!m.contains("p@ssword") && !m.contains("p%40ssword") && !m.contains("bob"), "{m}");
+        let m = scrub(
+            "failed to open rtmp://bob:p@ssword@h/app and p%40ssword",
+            &u,
+        );
+        assert!(
+            !m.contains("p@ssword") && !m.contains("p%40ssword") && !m.contains("bob"),
+            "{m}"
+        );
     }
 }

@@ -28,8 +28,13 @@ pub enum StreamState {
 }
 
 impl StreamState {
-    pub const ALL: [StreamState; 5] =
-        [Self::Starting, Self::Connecting, Self::Playing, Self::Backoff, Self::Stopped];
+    pub const ALL: [StreamState; 5] = [
+        Self::Starting,
+        Self::Connecting,
+        Self::Playing,
+        Self::Backoff,
+        Self::Stopped,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,7 +111,10 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 impl StreamStatus {
     pub fn new(key: StreamKey, id: &str, url: String, sampling_mode: &'static str) -> Self {
-        metrics().streams.with_label_values(&[StreamState::Starting.as_str()]).inc();
+        metrics()
+            .streams
+            .with_label_values(&[StreamState::Starting.as_str()])
+            .inc();
         Self {
             key,
             id: id.into(),
@@ -148,8 +156,11 @@ impl StreamStatus {
     }
 
     pub fn set_error(&self, kind: &'static str, message: String) {
-        self.inner.lock().last_error =
-            Some(StreamError { kind, message, at: rfc3339(SystemTime::now()) });
+        self.inner.lock().last_error = Some(StreamError {
+            kind,
+            message,
+            at: rfc3339(SystemTime::now()),
+        });
     }
 
     pub fn clear_error(&self) {
@@ -165,7 +176,9 @@ impl StreamStatus {
         let mut g = self.inner.lock();
         if g.sampling_fallback != on {
             g.sampling_fallback = on;
-            let gauge = metrics().sampling_fallback_streams.with_label_values(&["fps"]);
+            let gauge = metrics()
+                .sampling_fallback_streams
+                .with_label_values(&["fps"]);
             if on {
                 gauge.inc()
             } else {

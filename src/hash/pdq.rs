@@ -125,16 +125,21 @@ impl PdqHasher {
     pub fn hash_rgb(&mut self, rgb: &[u8], width: usize, height: usize) -> PdqHash {
         assert_eq!(rgb.len(), width * height * 3, "RGB buffer size");
         self.buf1.clear();
-        self.buf1.extend(
-            rgb.chunks_exact(3)
-                .map(|p| LUMA_R * f32::from(p[0]) + LUMA_G * f32::from(p[1]) + LUMA_B * f32::from(p[2])),
-        );
+        self.buf1.extend(rgb.chunks_exact(3).map(|p| {
+            LUMA_R * f32::from(p[0]) + LUMA_G * f32::from(p[1]) + LUMA_B * f32::from(p[2])
+        }));
         self.hash_buffer(width, height)
     }
 
     /// Hashes 8-bit luma given as full-range values (0 = black, 255 = white), `stride` bytes
     /// apart per row.
-    pub fn hash_gray(&mut self, luma: &[u8], width: usize, height: usize, stride: usize) -> PdqHash {
+    pub fn hash_gray(
+        &mut self,
+        luma: &[u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+    ) -> PdqHash {
         self.buf1.clear();
         for row in 0..height {
             let line = &luma[row * stride..row * stride + width];
@@ -145,7 +150,13 @@ impl PdqHasher {
 
     /// Hashes the Y plane of a limited-range ("TV", 16..235) video frame: luma is expanded to
     /// full range first, since unexpanded Y compresses contrast and lowers the quality score.
-    pub fn hash_video_luma(&mut self, y: &[u8], width: usize, height: usize, stride: usize) -> PdqHash {
+    pub fn hash_video_luma(
+        &mut self,
+        y: &[u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+    ) -> PdqHash {
         let lut = limited_to_full_lut();
         self.buf1.clear();
         for row in 0..height {
@@ -158,7 +169,10 @@ impl PdqHasher {
     /// Hashes luma already in `buf1` (row-major, `width * height` values).
     fn hash_buffer(&mut self, width: usize, height: usize) -> PdqHash {
         if width < MIN_HASHABLE_DIM || height < MIN_HASHABLE_DIM {
-            return PdqHash { hash: Hash256::default(), quality: 0 };
+            return PdqHash {
+                hash: Hash256::default(),
+                quality: 0,
+            };
         }
         let mut down = [[0f32; DOWN]; DOWN];
         if width == DOWN && height == DOWN {
@@ -173,7 +187,10 @@ impl PdqHasher {
         }
         let quality = quality_metric(&down);
         let dct = dct64_to_16(&down);
-        PdqHash { hash: dct_to_bits(&dct), quality }
+        PdqHash {
+            hash: dct_to_bits(&dct),
+            quality,
+        }
     }
 }
 
@@ -286,7 +303,9 @@ pub fn dct_matrix() -> &'static [[f32; DOWN]; DCT] {
         let mut m = [[0f32; DOWN]; DCT];
         for (i, row) in m.iter_mut().enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
-                let angle = (std::f64::consts::PI / 2.0 / DOWN as f64) * (i + 1) as f64 * (2 * j + 1) as f64;
+                let angle = (std::f64::consts::PI / 2.0 / DOWN as f64)
+                    * (i + 1) as f64
+                    * (2 * j + 1) as f64;
                 *v = (f64::from(scale) * angle.cos()) as f32;
             }
         }
@@ -432,7 +451,9 @@ mod tests {
         let input: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let mut out = vec![0f32; 16];
         box_1d(&input, &mut out, 16, 1, 7);
-        let sums = [6, 10, 15, 21, 28, 35, 42, 49, 56, 63, 70, 77, 84, 75, 65, 54];
+        let sums = [
+            6, 10, 15, 21, 28, 35, 42, 49, 56, 63, 70, 77, 84, 75, 65, 54,
+        ];
         let sizes = [4, 5, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 5, 4];
         for i in 0..16 {
             assert_eq!(out[i], sums[i] as f32 / sizes[i] as f32, "index {i}");
@@ -443,7 +464,13 @@ mod tests {
     fn tiny_images_hash_to_zero_with_quality_zero() {
         let mut h = PdqHasher::new();
         let r = h.hash_rgb(&[200u8; 4 * 4 * 3], 4, 4);
-        assert_eq!(r, PdqHash { hash: Hash256::default(), quality: 0 });
+        assert_eq!(
+            r,
+            PdqHash {
+                hash: Hash256::default(),
+                quality: 0
+            }
+        );
     }
 
     #[test]
@@ -469,7 +496,10 @@ mod tests {
         let mut hasher = PdqHasher::new();
         let a = hasher.hash_rgb(&img, w, h);
         let b = hasher.hash_rgb(&neg, w, h);
-        assert!(a.hash.distance(&b.hash) > 128, "negative should flip most bits");
+        assert!(
+            a.hash.distance(&b.hash) > 128,
+            "negative should flip most bits"
+        );
         assert_eq!(hasher.hash_rgb(&img, w, h), a, "hashing is deterministic");
     }
 }

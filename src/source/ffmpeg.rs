@@ -27,7 +27,11 @@ pub struct FfmpegSource {
 }
 
 enum Event {
-    Playing { codec: &'static str, width: u32, height: u32 },
+    Playing {
+        codec: &'static str,
+        width: u32,
+        height: u32,
+    },
     Unit(AccessUnit),
 }
 
@@ -36,22 +40,43 @@ impl FfmpegSource {
         Self { url, stall }
     }
 
-    async fn session(&self, sink: &mut AuSink, cancel: &CancellationToken) -> Result<(), SourceError> {
+    async fn session(
+        &self,
+        sink: &mut AuSink,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
         let (tx, mut rx) = mpsc::channel::<Event>(32);
         let stop = cancel.child_token();
         let reader = {
-            let (url, stall, stop, key) = (self.url.clone(), self.stall, stop.clone(), sink.status().key);
+            let (url, stall, stop, key) = (
+                self.url.clone(),
+                self.stall,
+                stop.clone(),
+                sink.status().key,
+            );
             std::thread::Builder::new()
                 .name("lw-src-av".into())
                 .spawn(move || {
                     let r = read_loop(&url, stall, key, &tx, &stop);
-                    r.map_err(|e| SourceError { message: scrub(&e.message, &url), ..e })
+                    r.map_err(|e| SourceError {
+                        message: scrub(&e.message, &url),
+                        ..e
+                    })
                 })
-                .map_err(|e| SourceError::new(SourceErrorKind::Connect, format!("cannot start reader thread: {e}")))?
+                .map_err(|e| {
+                    SourceError::new(
+                        SourceErrorKind::Connect,
+                        format!("cannot start reader thread: {e}"),
+                    )
+                })?
         };
         while let Some(event) = rx.recv().await {
             match event {
-                Event::Playing { codec, width, height } => {
+                Event::Playing {
+                    codec,
+                    width,
+                    height,
+                } => {
                     sink.status().set_state(StreamState::Playing);
                     sink.status().clear_error();
                     sink.status().set_codec(codec, width, height);
@@ -64,7 +89,12 @@ impl FfmpegSource {
         stop.cancel();
         let result = tokio::task::spawn_blocking(move || reader.join())
             .await
-            .map_err(|e| SourceError::new(SourceErrorKind::Protocol, format!("reader task failed: {e}")))?
+            .map_err(|e| {
+                SourceError::new(
+                    SourceErrorKind::Protocol,
+                    format!("reader task failed: {e}"),
+                )
+            })?
             .map_err(|_| SourceError::new(SourceErrorKind::Protocol, "reader thread panicked"))?;
         if cancel.is_cancelled() {
             return Ok(());
@@ -115,16 +145,24 @@ fn read_loop(
             opts.set("reconnect", "0");
         }
         let interrupt = stop.clone();
-        let mut input = ff::format::input_with_interrupt_and_dictionary(&location, move || interrupt.is_cancelled(), opts)
-            .map_err(|e| av_err(SourceErrorKind::Connect, "cannot open", e))?;
+        let mut input = ff::format::input_with_interrupt_and_dictionary(
+            &location,
+            move || interrupt.is_cancelled(),
+            opts,
+        )
+        .map_err(|e| av_err(SourceErrorKind::Connect, "cannot open", e))?;
         let (index, time_base, config, width, height) = {
-            let stream = input.streams().best(ff::media::Type::Video).ok_or_else(|| {
-                SourceError::new(SourceErrorKind::Unsupported, "no video stream")
-            })?;
+            let stream = input
+                .streams()
+                .best(ff::media::Type::Video)
+                .ok_or_else(|| SourceError::new(SourceErrorKind::Unsupported, "no video stream"))?;
             let params = stream.parameters();
             let id = params.id();
             if ff::decoder::find(id).is_none() {
-                return Err(SourceError::new(SourceErrorKind::Unsupported, format!("no decoder for {id:?}")));
+                return Err(SourceError::new(
+                    SourceErrorKind::Unsupported,
+                    format!("no decoder for {id:?}"),
+                ));
             }
             // SAFETY: the parameters belong to the open input and outlive this block; the
             // extradata pointer/size pair is maintained by libavformat.
@@ -133,11 +171,20 @@ fn read_loop(
                 let extra = if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
                     None
                 } else {
-                    Some(Bytes::copy_from_slice(std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize)))
+                    Some(Bytes::copy_from_slice(std::slice::from_raw_parts(
+                        (*p).extradata,
+                        (*p).extradata_size as usize,
+                    )))
                 };
                 (extra, (*p).width.max(0) as u32, (*p).height.max(0) as u32)
             };
-            (stream.index(), stream.time_base(), Arc::new(CodecConfig { id, extradata }), width, height)
+            (
+                stream.index(),
+                stream.time_base(),
+                Arc::new(CodecConfig { id, extradata }),
+                width,
+                height,
+            )
         };
         // Annex B streams (MPEG-TS, raw) may mark keyframes only loosely; check the NALs too.
         let nal_codec = match (config.id, config.extradata.is_none()) {
@@ -146,7 +193,14 @@ fn read_loop(
             _ => None,
         };
         if first_open || !is_file {
-            if tx.blocking_send(Event::Playing { codec: config.name(), width, height }).is_err() {
+            if tx
+                .blocking_send(Event::Playing {
+                    codec: config.name(),
+                    width,
+                    height,
+                })
+                .is_err()
+            {
                 return Ok(());
             }
             first_open = false;
@@ -167,7 +221,8 @@ fn read_loop(
                 Err(ff::Error::InvalidData) => continue,
                 Err(ff::Error::Exit) if stop.is_cancelled() => return Ok(()),
                 Err(e) => {
-                    let kind = if matches!(e, ff::Error::Other { errno } if errno == libc_etimedout()) {
+                    let kind = if matches!(e, ff::Error::Other { errno } if errno == libc_etimedout())
+                    {
                         SourceErrorKind::Stalled
                     } else {
                         SourceErrorKind::Protocol
@@ -218,7 +273,10 @@ fn read_loop(
             return Err(SourceError::new(SourceErrorKind::Ended, "end of stream"));
         }
         if first_pts.is_none() {
-            return Err(SourceError::new(SourceErrorKind::Protocol, "file has no video packets"));
+            return Err(SourceError::new(
+                SourceErrorKind::Protocol,
+                "file has no video packets",
+            ));
         }
         loop_offset_us = last_pts_us + frame_us;
     }

@@ -111,7 +111,10 @@ pub struct SourceError {
 
 impl SourceError {
     pub fn new(kind: SourceErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -174,7 +177,9 @@ impl AuSink {
     pub fn push(&mut self, mut au: AccessUnit) {
         let m = metrics();
         m.frames_received.inc();
-        self.status.frames_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.status
+            .frames_received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.status.note_frame();
         let now = au.arrival;
 
@@ -187,7 +192,8 @@ impl AuSink {
                 info!("keyframes are back; sampling keyframes again");
             }
         } else {
-            let waited = now.saturating_duration_since(self.last_keyframe) >= self.sampling.keyframe_timeout;
+            let waited =
+                now.saturating_duration_since(self.last_keyframe) >= self.sampling.keyframe_timeout;
             if self.sampling.mode == SamplingMode::Keyframes && !self.fallback {
                 if !waited {
                     return; // not sampled: only keyframes are decoded
@@ -232,7 +238,9 @@ impl AuSink {
 
     fn count_drop(&self, reason: &'static str) {
         metrics().frames_dropped.with_label_values(&[reason]).inc();
-        self.status.frames_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.status
+            .frames_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -308,9 +316,15 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let (min, max) = (Duration::from_millis(500), Duration::from_secs(30));
         let d0 = backoff_delay(0, min, max);
-        assert!(d0 >= Duration::from_millis(375) && d0 <= Duration::from_millis(625), "{d0:?}");
+        assert!(
+            d0 >= Duration::from_millis(375) && d0 <= Duration::from_millis(625),
+            "{d0:?}"
+        );
         let d3 = backoff_delay(3, min, max);
-        assert!(d3 >= Duration::from_secs(3) && d3 <= Duration::from_secs(5), "{d3:?}");
+        assert!(
+            d3 >= Duration::from_secs(3) && d3 <= Duration::from_secs(5),
+            "{d3:?}"
+        );
         for n in [10, 20, 100, u32::MAX] {
             assert!(backoff_delay(n, min, max) <= max);
         }
@@ -319,7 +333,11 @@ mod tests {
     fn sink(mode: SamplingMode, cap: usize) -> (AuSink, crossbeam_channel::Receiver<DecodeMsg>) {
         let (tx, rx) = crossbeam_channel::bounded(cap);
         let status = Arc::new(StreamStatus::new(0, "t", "rtsp://h/x".into(), "keyframes"));
-        let sampling = Sampling { mode, rate: 2.0, keyframe_timeout: Duration::from_secs(5) };
+        let sampling = Sampling {
+            mode,
+            rate: 2.0,
+            keyframe_timeout: Duration::from_secs(5),
+        };
         (AuSink::new(status, tx, sampling), rx)
     }
 
@@ -330,7 +348,10 @@ mod tests {
             pts_us: None,
             keyframe,
             arrival,
-            codec: Arc::new(CodecConfig { id: ::ffmpeg_next::codec::Id::H264, extradata: None }),
+            codec: Arc::new(CodecConfig {
+                id: ::ffmpeg_next::codec::Id::H264,
+                extradata: None,
+            }),
             discontinuity: false,
         }
     }
@@ -359,7 +380,9 @@ mod tests {
         s.push(au(false, t + Duration::from_secs(6)));
         assert_eq!(rx.len(), 1);
         assert!(s.status().report().sampling_fallback);
-        assert!(matches!(rx.try_recv().unwrap(), DecodeMsg::Unit(_, Selection::Rate(r)) if r == 2.0));
+        assert!(
+            matches!(rx.try_recv().unwrap(), DecodeMsg::Unit(_, Selection::Rate(r)) if r == 2.0)
+        );
         s.push(au(true, t + Duration::from_secs(7)));
         assert!(!s.status().report().sampling_fallback);
     }

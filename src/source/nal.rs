@@ -62,8 +62,12 @@ fn sei_has_recovery_point(mut rbsp: &[u8]) -> bool {
     // Emulation-prevention bytes cannot occur inside the ff-coded type/size fields' meaning
     // enough to matter here, and payloads are skipped by size; a malformed SEI just ends the walk.
     loop {
-        let Some(payload_type) = read_ff_coded(&mut rbsp) else { return false };
-        let Some(size) = read_ff_coded(&mut rbsp) else { return false };
+        let Some(payload_type) = read_ff_coded(&mut rbsp) else {
+            return false;
+        };
+        let Some(size) = read_ff_coded(&mut rbsp) else {
+            return false;
+        };
         if payload_type == 6 {
             return true;
         }
@@ -96,14 +100,22 @@ mod tests {
 
     #[test]
     fn splits_three_and_four_byte_start_codes() {
-        let data = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9];
+        let data = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9,
+        ];
         let nals: Vec<&[u8]> = nal_units(&data).collect();
-        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9][..]]);
+        assert_eq!(
+            nals,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9][..]]
+        );
     }
 
     #[test]
     fn h264_idr_is_random_access_and_non_idr_is_not() {
-        assert!(is_random_access(NalCodec::H264, &[0, 0, 1, 0x67, 0, 0, 1, 0x68, 0, 0, 1, 0x65, 0x88]));
+        assert!(is_random_access(
+            NalCodec::H264,
+            &[0, 0, 1, 0x67, 0, 0, 1, 0x68, 0, 0, 1, 0x65, 0x88]
+        ));
         assert!(!is_random_access(NalCodec::H264, &[0, 0, 1, 0x41, 0x9a]));
     }
 
@@ -115,7 +127,9 @@ mod tests {
         let au = [0, 0, 1, 0x06, 0x06, 0x01, 0x84, 0x80, 0, 0, 1, 0x41, 0x9a];
         assert!(is_random_access(NalCodec::H264, &au));
         // a user-data SEI (type 5) is not
-        let au = [0, 0, 1, 0x06, 0x05, 0x02, 0xaa, 0xbb, 0x80, 0, 0, 1, 0x41, 0x9a];
+        let au = [
+            0, 0, 1, 0x06, 0x05, 0x02, 0xaa, 0xbb, 0x80, 0, 0, 1, 0x41, 0x9a,
+        ];
         assert!(!is_random_access(NalCodec::H264, &au));
     }
 
@@ -136,6 +150,9 @@ mod tests {
             let _ = is_random_access(NalCodec::H264, &data);
             let _ = is_random_access(NalCodec::H265, &data);
         }
-        assert!(!is_random_access(NalCodec::H264, &[0, 0, 1, 0x06, 0xff, 0xff]));
+        assert!(!is_random_access(
+            NalCodec::H264,
+            &[0, 0, 1, 0x06, 0xff, 0xff]
+        ));
     }
 }

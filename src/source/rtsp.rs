@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use retina::client::{Credentials, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::client::{
+    Credentials, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport,
+};
 use retina::codec::{CodecItem, FrameFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -35,7 +37,11 @@ impl RtspSource {
         let creds = if self.url.username().is_empty() && self.url.password().is_none() {
             None
         } else {
-            let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             Some(Credentials {
                 username: decode(self.url.username()),
                 password: decode(self.url.password().unwrap_or("")),
@@ -46,16 +52,23 @@ impl RtspSource {
         (bare, creds)
     }
 
-    async fn session(&self, sink: &mut AuSink, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let err = |kind, e: &dyn std::fmt::Display| SourceError::new(kind, scrub(&e.to_string(), &self.url));
+    async fn session(
+        &self,
+        sink: &mut AuSink,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let err = |kind, e: &dyn std::fmt::Display| {
+            SourceError::new(kind, scrub(&e.to_string(), &self.url))
+        };
         let (url, creds) = self.split_credentials();
         let options = SessionOptions::default()
             .creds(creds)
             .user_agent(format!("livewatch/{}", env!("CARGO_PKG_VERSION")));
-        let mut session = tokio::time::timeout(self.stall, retina::client::Session::describe(url, options))
-            .await
-            .map_err(|_| SourceError::new(SourceErrorKind::Connect, "no answer to DESCRIBE"))?
-            .map_err(|e| err(SourceErrorKind::Connect, &e))?;
+        let mut session =
+            tokio::time::timeout(self.stall, retina::client::Session::describe(url, options))
+                .await
+                .map_err(|_| SourceError::new(SourceErrorKind::Connect, "no answer to DESCRIBE"))?
+                .map_err(|e| err(SourceErrorKind::Connect, &e))?;
 
         let (index, codec) = session
             .streams()
@@ -67,11 +80,17 @@ impl RtspSource {
                 _ => None,
             })
             .ok_or_else(|| {
-                let found: Vec<String> =
-                    session.streams().iter().map(|s| format!("{}/{}", s.media(), s.encoding_name())).collect();
+                let found: Vec<String> = session
+                    .streams()
+                    .iter()
+                    .map(|s| format!("{}/{}", s.media(), s.encoding_name()))
+                    .collect();
                 SourceError::new(
                     SourceErrorKind::Unsupported,
-                    format!("no H.264 or H.265 video in the presentation (found: {})", found.join(", ")),
+                    format!(
+                        "no H.264 or H.265 video in the presentation (found: {})",
+                        found.join(", ")
+                    ),
                 )
             })?;
         let setup = SetupOptions::default()
@@ -85,7 +104,9 @@ impl RtspSource {
             .await
             .map_err(|_| SourceError::new(SourceErrorKind::Connect, "no answer to PLAY"))?
             .map_err(|e| err(SourceErrorKind::Protocol, &e))?;
-        let mut demuxed = playing.demuxed().map_err(|e| err(SourceErrorKind::Protocol, &e))?;
+        let mut demuxed = playing
+            .demuxed()
+            .map_err(|e| err(SourceErrorKind::Protocol, &e))?;
 
         let config = Arc::new(CodecConfig {
             id: match codec {
@@ -108,23 +129,35 @@ impl RtspSource {
                         format!("no media for {:.1} s", self.stall.as_secs_f64()),
                     ))
                 }
-                Ok(None) => return Err(SourceError::new(SourceErrorKind::Ended, "server closed the session")),
+                Ok(None) => {
+                    return Err(SourceError::new(
+                        SourceErrorKind::Ended,
+                        "server closed the session",
+                    ))
+                }
                 Ok(Some(Err(e))) => return Err(err(SourceErrorKind::Protocol, &e)),
                 Ok(Some(Ok(item))) => item,
             };
-            let CodecItem::VideoFrame(frame) = item else { continue };
+            let CodecItem::VideoFrame(frame) = item else {
+                continue;
+            };
             if !announced {
                 announced = true;
                 sink.status().set_state(StreamState::Playing);
                 sink.status().clear_error();
                 info!(codec = config.name(), "playing");
             }
-            if let Some(retina::codec::ParametersRef::Video(v)) = demuxed.streams()[index].parameters() {
+            if let Some(retina::codec::ParametersRef::Video(v)) =
+                demuxed.streams()[index].parameters()
+            {
                 let (w, h) = v.pixel_dimensions();
                 sink.status().set_codec(config.name(), w, h);
             }
             let ts = frame.timestamp();
-            let pts_us = ts.elapsed().checked_mul(1_000_000).map(|v| v / i64::from(ts.clock_rate().get()));
+            let pts_us = ts
+                .elapsed()
+                .checked_mul(1_000_000)
+                .map(|v| v / i64::from(ts.clock_rate().get()));
             let data = Bytes::from(frame.into_data());
             let keyframe = is_random_access(codec, &data);
             sink.push(AccessUnit {

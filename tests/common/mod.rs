@@ -1,0 +1,392 @@
+//! Real peers for the integration tests: clips made with ffmpeg, GStreamer's RTSP server, a
+//! webhook receiver that verifies signatures with the Standard Webhooks reference library, and
+//! the livewatch binary itself.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLWxpdmV3YXRjaC10ZXN0cw==";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project's Python environment (made by scripts/setup.sh).
+pub fn venv_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LIVEWATCH_PYTHON") {
+        return p.into();
+    }
+    let p = repo().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        p.display()
+    );
+    p
+}
+
+/// Folder for media made by the tests, kept between runs.
+pub fn media_dir() -> PathBuf {
+    let d = repo().join("target/test-media");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A raw H.264 elementary stream (1 s GOP, no B-frames) from an ffmpeg lavfi source, made once.
+pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
+    let path = media_dir().join(format!("{name}.264"));
+    if path.exists() {
+        return path;
+    }
+    let tmp = media_dir().join(format!("{name}.tmp.264"));
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            lavfi,
+        ])
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+        ])
+        .arg(&tmp)
+        .status()
+        .expect("ffmpeg runs (scripts/setup.sh installs it)");
+    assert!(status.success(), "ffmpeg failed for {name}");
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// The four test clips. Visually unrelated on purpose: two variants of one synthetic pattern
+/// can hash within 31 bits of each other.
+pub fn known_clip() -> PathBuf {
+    h264_clip("known-mandelbrot", "mandelbrot=size=640x360:rate=30", 4)
+}
+pub fn unrelated_clips() -> Vec<PathBuf> {
+    vec![
+        h264_clip("other-testsrc2", "testsrc2=size=640x360:rate=30", 4),
+        h264_clip(
+            "other-life",
+            "life=size=640x360:rate=30:mold=10:ratio=0.2:death_color=#202020:life_color=#e0e0e0",
+            4,
+        ),
+        h264_clip(
+            "other-cellauto",
+            "cellauto=size=640x360:rate=30:rule=110",
+            4,
+        ),
+    ]
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for a child's `READY <port>` line on stdout.
+fn wait_ready(child: &mut Child, what: &str) -> u16 {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(p) = line.strip_prefix("READY ") {
+                let _ = tx.send(p.trim().parse::<u16>().ok());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(port)) => port,
+        other => panic!("{what} did not become ready: {other:?}"),
+    }
+}
+
+/// GStreamer's gst-rtsp-server serving looping clips on 127.0.0.1.
+pub struct RtspServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RtspServer {
+    pub fn start(port: u16, mounts: &[(&str, &Path)]) -> RtspServer {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(repo().join("tests/support/rtsp_server.py"))
+            .args(["--port", &port.to_string()]);
+        for (name, file) in mounts {
+            cmd.arg("--mount").arg(format!("{name}={}", file.display()));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start RTSP server");
+        let port = wait_ready(&mut child, "RTSP server");
+        RtspServer { child, port }
+    }
+
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{mount}", self.port)
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A webhook receiver that verifies every signature with the `standardwebhooks` PyPI library
+/// and records each request (arrival time, verdict, body) as a JSON line.
+pub struct Receiver {
+    child: Child,
+    pub port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    pub fn start(fail_first: u32) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("hooks.jsonl");
+        let mut child = Command::new(venv_python())
+            .arg(repo().join("tests/support/webhook_receiver.py"))
+            .args(["--port", "0", "--secret", SECRET, "--out"])
+            .arg(&out)
+            .args(["--fail-first", &fail_first.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start webhook receiver");
+        let port = wait_ready(&mut child, "webhook receiver");
+        Receiver {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The livewatch binary running `serve` with a config written to a temporary folder.
+pub struct Livewatch {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_livewatch")
+}
+
+impl Livewatch {
+    /// `config` is the TOML without `[server]`; bank files must already be in `dir`.
+    pub fn start(dir: tempfile::TempDir, config: &str) -> Livewatch {
+        let port = free_port();
+        let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n{config}");
+        let path = dir.path().join("livewatch.toml");
+        std::fs::write(&path, text).unwrap();
+        let log = dir.path().join("livewatch.log");
+        let child = Command::new(binary())
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                "debug,hyper=info,reqwest=info,h2=info,retina=info",
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start livewatch");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut lw = Livewatch {
+            child,
+            addr,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = lw.child.try_wait().unwrap() {
+                panic!("livewatch exited early ({status}):\n{}", lw.logs());
+            }
+            if http_get(lw.addr, "/readyz")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+            {
+                return lw;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "livewatch not ready:\n{}",
+                lw.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).expect("livewatch answers HTTP")
+    }
+
+    pub fn streams(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.get("/v1/streams");
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["streams"].as_array().unwrap().clone()
+    }
+
+    pub fn stream(&self, id: &str) -> serde_json::Value {
+        self.streams()
+            .into_iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("no stream {id}"))
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "livewatch ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.logs()
+    }
+}
+
+impl Drop for Livewatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET (enough for our own API).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Builds a bank file from every frame of a clip, using `livewatch hash --video`.
+pub fn bank_from_clip(dir: &Path, name: &str, clip: &Path) -> PathBuf {
+    let out = Command::new(binary())
+        .args(["hash", "--video"])
+        .arg(clip)
+        .output()
+        .expect("run livewatch hash");
+    assert!(
+        out.status.success(),
+        "hash failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bank = String::from("# frames of the known clip\n");
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let cols: Vec<&str> = line.split(',').collect();
+        bank.push_str(&format!("{},known-frame-{},test clip\n", cols[2], cols[0]));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, bank).unwrap();
+    path
+}
+
+/// Reads a Prometheus counter/histogram sample value from `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

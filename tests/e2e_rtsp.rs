@@ -1,0 +1,228 @@
+//! End to end on real components: GStreamer's RTSP server → livewatch → a webhook receiver
+//! that verifies Standard Webhooks signatures with the reference Python library.
+
+mod common;
+
+use common::*;
+
+fn alerts_for<'a>(records: &'a [serde_json::Value], stream: &str) -> Vec<&'a serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["body"]["data"]["stream_id"] == stream)
+        .collect()
+}
+
+#[test]
+fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
+    let known = known_clip();
+    let others = unrelated_clips();
+    let server = RtspServer::start(
+        free_port(),
+        &[
+            ("cam0", &others[0]),
+            ("cam1", &others[1]),
+            ("cam2", &known),
+            ("cam3", &others[2]),
+        ],
+    );
+    let receiver = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    bank_from_clip(dir.path(), "known.pdq", &known);
+    let mut config = format!(
+        "[alerts]\ncooldown_secs = 2\n\n[[banks]]\nname = \"known-violent\"\npath = \"known.pdq\"\n\n\
+         [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n",
+        receiver.url()
+    );
+    for i in 0..4 {
+        config.push_str(&format!(
+            "\n[[streams]]\nid = \"cam-{i}\"\nurl = \"{}\"\n",
+            server.url(&format!("cam{i}"))
+        ));
+    }
+    let lw = Livewatch::start(dir, &config);
+
+    // at least two alerts for the known stream, and every stream analysed for a while
+    wait_for(
+        90,
+        "alerts for cam-2 and 6 hashed frames on every stream",
+        || {
+            let hashed_everywhere = lw
+                .streams()
+                .iter()
+                .all(|s| s["frames_hashed"].as_u64().unwrap_or(0) >= 6);
+            (hashed_everywhere && alerts_for(&receiver.records(), "cam-2").len() >= 2).then_some(())
+        },
+    );
+
+    let records = receiver.records();
+    assert!(
+        records.iter().all(|r| r["verified"] == true),
+        "unverified webhook: {records:#?}"
+    );
+    let strays: Vec<_> = records
+        .iter()
+        .filter(|r| r["body"]["data"]["stream_id"] != "cam-2")
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "alerts for streams without known content: {strays:#?}"
+    );
+    let first = &alerts_for(&records, "cam-2")[0]["body"];
+    assert_eq!(first["type"], "livewatch.alert.hash_match");
+    assert_eq!(first["data"]["bank"], "known-violent");
+    assert_eq!(first["data"]["reason"], "hash_match");
+    assert!(first["data"]["distance"].as_u64().unwrap() <= 31);
+    assert!(first["data"]["quality"].as_u64().unwrap() >= 50);
+    assert!(first["data"]["item_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("known-frame-"));
+    // webhook-id is the idempotency key: one per alert
+    let ids: std::collections::HashSet<_> = records
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), records.len());
+
+    let (_, metrics) = lw.get("/metrics");
+    let observed = metric(&metrics, "livewatch_alert_latency_seconds_count").unwrap_or(0.0);
+    assert!(observed >= 2.0, "alert latency not observed:\n{metrics}");
+    assert!(metric(&metrics, "livewatch_alerts_sent_total").unwrap() >= 2.0);
+    assert_eq!(metric(&metrics, "livewatch_alerts_failed_total"), Some(0.0));
+    assert!(
+        metrics.contains("livewatch_streams{state=\"playing\"} 4"),
+        "{metrics}"
+    );
+    for s in lw.streams() {
+        assert_eq!(s["state"], "playing", "{s}");
+        assert_eq!(s["codec"], "h264");
+    }
+
+    let logs = lw.terminate();
+    assert!(logs.contains("\"stopped\""), "no clean shutdown in logs");
+}
+
+#[test]
+fn streams_reconnect_after_the_rtsp_server_restarts() {
+    let known = known_clip();
+    let others = unrelated_clips();
+    let port = free_port();
+    let server = RtspServer::start(port, &[("live", &known), ("other", &others[0])]);
+    let receiver = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    bank_from_clip(dir.path(), "known.pdq", &known);
+    let config = format!(
+        "[alerts]\ncooldown_secs = 1\n\n[source]\nreconnect_min_secs = 0.2\nreconnect_max_secs = 2\n\n\
+         [[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
+         [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\n\
+         [[streams]]\nid = \"live\"\nurl = \"{}\"\n\n[[streams]]\nid = \"other\"\nurl = \"{}\"\n",
+        receiver.url(),
+        server.url("live"),
+        server.url("other")
+    );
+    let lw = Livewatch::start(dir, &config);
+    wait_for(60, "a first alert", || {
+        (!alerts_for(&receiver.records(), "live").is_empty()).then_some(())
+    });
+
+    server.stop();
+    wait_for(30, "both streams to notice the server is gone", || {
+        lw.streams()
+            .iter()
+            .all(|s| s["state"] != "playing" && !s["last_error"].is_null())
+            .then_some(())
+    });
+    let before = receiver.records().len();
+    let gone = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+
+    let _server = RtspServer::start(port, &[("live", &known), ("other", &others[0])]);
+    wait_for(60, "alerts after the server came back", || {
+        let records = receiver.records();
+        let fresh = records[before..]
+            .iter()
+            .filter(|r| {
+                r["body"]["data"]["stream_id"] == "live"
+                    && r["arrived_unix"].as_f64().unwrap() > gone
+            })
+            .count();
+        (fresh > 0).then_some(())
+    });
+    wait_for(30, "both streams playing again", || {
+        lw.streams()
+            .iter()
+            .all(|s| s["state"] == "playing")
+            .then_some(())
+    });
+    for s in lw.streams() {
+        assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}");
+    }
+    assert!(receiver.records().iter().all(|r| r["verified"] == true));
+    let (_, metrics) = lw.get("/metrics");
+    assert!(metric(&metrics, "livewatch_source_reconnects_total").unwrap() >= 2.0);
+    assert!(alerts_for(&receiver.records(), "other").is_empty());
+}
+
+#[test]
+fn bad_streams_get_an_error_state_while_good_ones_keep_working_and_secrets_stay_out() {
+    let known = known_clip();
+    let server = RtspServer::start(free_port(), &[("cam", &known)]);
+    let receiver = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    bank_from_clip(dir.path(), "known.pdq", &known);
+    let closed = free_port();
+    let good = server
+        .url("cam")
+        .replace("rtsp://", "rtsp://viewer:s3cretpw@");
+    let config = format!(
+        "[alerts]\ncooldown_secs = 1\n\n[source]\nreconnect_min_secs = 0.2\nreconnect_max_secs = 1\nstall_timeout_secs = 3\n\n\
+         [[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
+         [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n\n\
+         [[streams]]\nid = \"good\"\nurl = \"{good}\"\n\n\
+         [[streams]]\nid = \"unreachable\"\nurl = \"rtsp://admin:t0psecret@127.0.0.1:{closed}/x\"\n\n\
+         [[streams]]\nid = \"not-rtsp\"\nurl = \"rtsp://admin:t0psecret@127.0.0.1:{http}/x\"\n\n\
+         [[streams]]\nid = \"missing-file\"\nurl = \"file:///nonexistent/clip.mp4\"\n\n\
+         [[streams]]\nid = \"not-video\"\nurl = \"http://user:t0psecret@127.0.0.1:{http}/healthz?token=t0psecret\"\n",
+        hook = receiver.url(),
+        http = receiver.port,
+    );
+    let lw = Livewatch::start(dir, &config);
+    wait_for(
+        60,
+        "the good stream alerting and every bad stream in error",
+        || {
+            let streams = lw.streams();
+            let bad_ok = streams.iter().filter(|s| s["id"] != "good").all(|s| {
+                s["state"] != "playing"
+                    && s["last_error"]["message"].is_string()
+                    && s["reconnects"].as_u64() >= Some(1)
+            });
+            (bad_ok && !alerts_for(&receiver.records(), "good").is_empty()).then_some(())
+        },
+    );
+    let good = lw.stream("good");
+    assert_eq!(good["state"], "playing");
+    assert!(good["frames_hashed"].as_u64().unwrap() > 0);
+    assert_eq!(lw.stream("unreachable")["last_error"]["kind"], "connect");
+    assert_eq!(lw.stream("missing-file")["last_error"]["kind"], "connect");
+
+    let (_, api) = lw.get("/v1/streams");
+    let (_, metrics) = lw.get("/metrics");
+    let logs = lw.terminate();
+    for (what, text) in [
+        ("logs", &logs),
+        ("/metrics", &metrics),
+        ("/v1/streams", &api),
+    ] {
+        for secret in ["s3cretpw", "t0psecret", "viewer", "admin:"] {
+            assert!(
+                !text.contains(secret),
+                "{secret:?} leaked into {what}:\n{text}"
+            );
+        }
+    }
+    // the errors themselves are there, for people to read
+    assert!(logs.contains("stream session ended"), "{logs}");
+}
