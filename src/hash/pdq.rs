@@ -18,9 +18,9 @@ pub const MIN_HASHABLE_DIM: usize = 5;
 /// X,Y,X,Y passes of the box filter approximate a tent filter (Jarosz 2001).
 const JAROSZ_PASSES: usize = 2;
 
-const LUMA_R: f32 = 0.299;
-const LUMA_G: f32 = 0.587;
-const LUMA_B: f32 = 0.114;
+const LUMA_R: f64 = 0.299;
+const LUMA_G: f64 = 0.587;
+const LUMA_B: f64 = 0.114;
 
 /// A 256-bit PDQ hash. Bit `k` is DCT cell (row `k / 16`, column `k % 16`), stored in 16-bit
 /// word `k / 16`, as in the reference's `Hash256`.
@@ -125,8 +125,11 @@ impl PdqHasher {
     pub fn hash_rgb(&mut self, rgb: &[u8], width: usize, height: usize) -> PdqHash {
         assert_eq!(rgb.len(), width * height * 3, "RGB buffer size");
         self.buf1.clear();
+        // pdqhash (the wrapper the ecosystem hashes with) sums in f64, then rounds to f32;
+        // Meta's C++ CLI sums in f32. The two differ in the last bit for about a third of all
+        // colours, enough to flip bits near the median, so we follow the wrapper.
         self.buf1.extend(rgb.chunks_exact(3).map(|p| {
-            LUMA_R * f32::from(p[0]) + LUMA_G * f32::from(p[1]) + LUMA_B * f32::from(p[2])
+            (f64::from(p[0]) * LUMA_R + f64::from(p[1]) * LUMA_G + f64::from(p[2]) * LUMA_B) as f32
         }));
         self.hash_buffer(width, height)
     }
