@@ -33,7 +33,7 @@ fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
          [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n",
         receiver.url()
     );
-    for i in 0..4 {
+    for i in 0..5 {
         config.push_str(&format!(
             "\n[[streams]]\nid = \"cam-{i}\"\nurl = \"{}\"\n",
             server.url(&format!("cam{i}"))
@@ -86,8 +86,8 @@ fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
 
     let (_, metrics) = lw.get("/metrics");
     let observed = metric(&metrics, "livewatch_alert_latency_seconds_count").unwrap_or(0.0);
-    assert!(observed >= 2.0, "alert latency not observed:\n{metrics}");
-    assert!(metric(&metrics, "livewatch_alerts_sent_total").unwrap() >= 2.0);
+    assert!(observed >= 4.0, "alert latency not observed:\n{metrics}");
+    assert!(metric(&metrics, "livewatch_alerts_sent_total").unwrap() >= 4.0);
     assert_eq!(metric(&metrics, "livewatch_alerts_failed_total"), Some(0.0));
     assert!(
         metrics.contains("livewatch_streams{state=\"playing\"} 4"),
@@ -225,4 +225,52 @@ fn bad_streams_get_an_error_state_while_good_ones_keep_working_and_secrets_stay_
     }
     // the errors themselves are there, for people to read
     assert!(logs.contains("stream session ended"), "{logs}");
+}
+
+/// A receiver that fails at first: the alert is retried, re-signed with a fresh timestamp each
+/// time, under the same `webhook-id`, until it is accepted.
+#[test]
+fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
+    let known = known_clip();
+    let receiver = Receiver::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    bank_from_clip(dir.path(), "known.pdq", &known);
+    // a plain file source, replayed in real time: no RTSP server needed for this one
+    let config = format!(
+        "[alerts]\ncooldown_secs = 600\n\n[[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
+         [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nmax_attempts = 5\n\n\
+         [[streams]]\nid = \"file-1\"\nurl = \"file://{}\"\n",
+        receiver.url(),
+        known.display()
+    );
+    let lw = Livewatch::start(dir, &config);
+    let records = wait_for(60, "a delivery accepted after two failures", || {
+        let r = receiver.records();
+        r.iter()
+            .any(|x| x["forced_failure"] == false && x["verified"] == true)
+            .then_some(r)
+    });
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records[..2].iter().all(|r| r["forced_failure"] == true));
+    let ids: std::collections::HashSet<_> = records
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "one alert, one id across retries");
+    // every attempt carries its own timestamp and a signature that verifies for it
+    assert!(
+        records.iter().all(|r| r["verified"] == true),
+        "{records:#?}"
+    );
+    let stamps: Vec<i64> = records
+        .iter()
+        .map(|r| r["webhook_timestamp"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    let (_, metrics) = lw.get("/metrics");
+    assert_eq!(metric(&metrics, "livewatch_alerts_sent_total"), Some(1.0));
+    assert!(
+        metrics.contains("livewatch_webhook_attempts_total{result=\"5xx\"} 2"),
+        "{metrics}"
+    );
 }

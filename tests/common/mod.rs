@@ -91,6 +91,40 @@ pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
 pub fn known_clip() -> PathBuf {
     h264_clip("known-mandelbrot", "mandelbrot=size=640x360:rate=30", 4)
 }
+/// The known content re-encoded as H.265 (a different codec, so slightly different pixels).
+/// Closed GOPs: retina flags only IDR as random access.
+pub fn known_clip_h265() -> PathBuf {
+    let path = media_dir().join("known-mandelbrot.265");
+    if !path.exists() {
+        let tmp = media_dir().join("known-mandelbrot.tmp.265");
+        let status = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "mandelbrot=size=640x360:rate=30",
+            ])
+            .args([
+                "-t", "4", "-c:v", "libx265", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+            ])
+            .args([
+                "-x265-params",
+                "keyint=30:min-keyint=30:scenecut=0:bframes=0:open-gop=0:log-level=error",
+            ])
+            .args(["-f", "hevc"])
+            .arg(&tmp)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(status.success(), "ffmpeg failed for the H.265 clip");
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
 pub fn unrelated_clips() -> Vec<PathBuf> {
     vec![
         h264_clip("other-testsrc2", "testsrc2=size=640x360:rate=30", 4),
