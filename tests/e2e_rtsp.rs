@@ -13,18 +13,20 @@ fn alerts_for<'a>(records: &'a [serde_json::Value], stream: &str) -> Vec<&'a ser
 }
 
 #[test]
-fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
+fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
     let known = known_clip();
+    let known_h265 = known_clip_h265();
     let others = unrelated_clips();
-    let server = RtspServer::start(
-        free_port(),
-        &[
-            ("cam0", &others[0]),
-            ("cam1", &others[1]),
-            ("cam2", &known),
-            ("cam3", &others[2]),
-        ],
-    );
+    let mounts = [
+        ("cam0", &others[0]),
+        ("cam1", &others[1]),
+        ("cam2", &known),
+        ("cam3", &others[2]),
+        ("cam4", &known_h265),
+    ];
+    let mounts: Vec<(&str, &std::path::Path)> =
+        mounts.iter().map(|(m, p)| (*m, p.as_path())).collect();
+    let server = RtspServer::start(free_port(), &mounts);
     let receiver = Receiver::start(0);
     let dir = tempfile::tempdir().unwrap();
     bank_from_clip(dir.path(), "known.pdq", &known);
@@ -34,23 +36,25 @@ fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
         receiver.url()
     );
     for i in 0..5 {
+        let url = server.url(&format!("cam{i}"));
         config.push_str(&format!(
-            "\n[[streams]]\nid = \"cam-{i}\"\nurl = \"{}\"\n",
-            server.url(&format!("cam{i}"))
+            "\n[[streams]]\nid = \"cam-{i}\"\nurl = \"{url}\"\n"
         ));
     }
     let lw = Livewatch::start(dir, &config);
 
-    // at least two alerts for the known stream, and every stream analysed for a while
+    // at least two alerts for each known stream (H.264 and H.265), every stream analysed a while
     wait_for(
         90,
-        "alerts for cam-2 and 6 hashed frames on every stream",
+        "alerts for cam-2 and cam-4, 6 hashed frames on every stream",
         || {
-            let hashed_everywhere = lw
+            let hashed = lw
                 .streams()
                 .iter()
                 .all(|s| s["frames_hashed"].as_u64().unwrap_or(0) >= 6);
-            (hashed_everywhere && alerts_for(&receiver.records(), "cam-2").len() >= 2).then_some(())
+            let r = receiver.records();
+            (hashed && alerts_for(&r, "cam-2").len() >= 2 && alerts_for(&r, "cam-4").len() >= 2)
+                .then_some(())
         },
     );
 
@@ -61,7 +65,12 @@ fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
     );
     let strays: Vec<_> = records
         .iter()
-        .filter(|r| r["body"]["data"]["stream_id"] != "cam-2")
+        .filter(|r| {
+            !matches!(
+                r["body"]["data"]["stream_id"].as_str(),
+                Some("cam-2" | "cam-4")
+            )
+        })
         .collect();
     assert!(
         strays.is_empty(),
@@ -77,6 +86,9 @@ fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
         .as_str()
         .unwrap()
         .starts_with("known-frame-"));
+    // the H.265 re-encode differs a little from the bank's H.264 frames, yet stays close
+    let h265 = &alerts_for(&records, "cam-4")[0]["body"]["data"];
+    println!("H.265 re-encode matched at distance {}", h265["distance"]);
     // webhook-id is the idempotency key: one per alert
     let ids: std::collections::HashSet<_> = records
         .iter()
@@ -90,12 +102,12 @@ fn four_rtsp_streams_alert_only_for_the_stream_showing_known_content() {
     assert!(metric(&metrics, "livewatch_alerts_sent_total").unwrap() >= 4.0);
     assert_eq!(metric(&metrics, "livewatch_alerts_failed_total"), Some(0.0));
     assert!(
-        metrics.contains("livewatch_streams{state=\"playing\"} 4"),
+        metrics.contains("livewatch_streams{state=\"playing\"} 5"),
         "{metrics}"
     );
     for s in lw.streams() {
         assert_eq!(s["state"], "playing", "{s}");
-        assert_eq!(s["codec"], "h264");
+        assert_eq!(s["codec"], if s["id"] == "cam-4" { "h265" } else { "h264" });
     }
 
     let logs = lw.terminate();
