@@ -37,6 +37,9 @@ fn main() {
     // `cargo bench` passes --bench; under `cargo test` this runs once, small, as a check
     let full = std::env::args().any(|a| a == "--bench");
     let (N, ROUNDS) = if full { (24, 3) } else { (2, 1) };
+    if !full {
+        println!("pdq: unoptimised test build, 2 frames: checks the hashes, timings not meaningful");
+    }
     let data = frames(N);
     let mut hasher = PdqHasher::new();
     let mut best = f64::INFINITY;
