@@ -13,8 +13,10 @@ APT_PACKAGES=(
   # test RTSP server: GStreamer's gst-rtsp-server driven from Python
   python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  # the Python oracles (pdqhash builds C++ when no wheel fits)
-  python3-venv python3-dev g++
+  # the Python oracles (pdqhash and vpdq build C++ when no wheel fits; vpdq links libav*)
+  python3-venv python3-dev g++ cmake
+  # software Vulkan (lavapipe): runs the WGSL kernels where there is no GPU, as in CI
+  mesa-vulkan-drivers libvulkan1
 )
 
 missing=()
@@ -30,8 +32,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Project-local Python environment for the reference oracles and the webhook verifier used by
-# the tests (Meta's PDQ through `pdqhash`, the Standard Webhooks reference library).
-PY_PACKAGES=(numpy pillow "pdqhash==0.2.8" "standardwebhooks==1.0.1")
+# the tests (Meta's PDQ and vPDQ through `pdqhash` and `vpdq`, the Standard Webhooks reference library).
+PY_PACKAGES=(numpy pillow "pdqhash==0.2.8" "vpdq==0.2.5" "standardwebhooks==1.0.1")
 VENV=.venv
 stamp="$VENV/.livewatch-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then

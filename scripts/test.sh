@@ -11,4 +11,4 @@ if [ -z "${LIVEWATCH_TESTDATA:-}" ] && [ -d ../shared/testdata/threatexchange ];
   LIVEWATCH_TESTDATA="$(cd ../shared/testdata/threatexchange && pwd)"
   export LIVEWATCH_TESTDATA
 fi
-cargo test --locked --all-targets -- --test-threads 2
+cargo test --locked --workspace --all-targets -- --test-threads 2

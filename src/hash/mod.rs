@@ -1,7 +1,10 @@
 //! Perceptual hashing of sampled frames.
 //!
-//! `pdq` holds the one CPU implementation of PDQ; the GPU kernels (later) mirror it.
+//! PDQ has one CPU implementation, the `livewatch-pdq` crate in `crates/pdq` (re-exported here
+//! as `pdq`): identical to Meta's reference on identical pixels, and kept in its own crate so it
+//! is compiled optimised even in debug builds. The WGSL kernels in `gpu` mirror it.
 
-pub mod pdq;
+pub mod gpu;
+pub use livewatch_pdq as pdq;
 
-pub use pdq::{Hash256, PdqHash, PdqHasher};
+pub use pdq::{Hash256, PdqDihedral, PdqHash, PdqHasher, Pixels};

@@ -5,18 +5,20 @@
 //! median), so that the same pixels give the same 256 bits. This is the one CPU implementation
 //! in the project: the reference for the GPU kernels and the fallback on GPU-less hosts.
 
+mod boxfilter;
+
+pub use boxfilter::instruction_set;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
 /// Side of the downsampled image the DCT runs on.
-const DOWN: usize = 64;
+pub const DOWN: usize = 64;
 /// Side of the kept block of DCT coefficients.
-const DCT: usize = 16;
+pub const DCT: usize = 16;
 /// Images smaller than this in either dimension get an all-zero hash of quality 0.
 pub const MIN_HASHABLE_DIM: usize = 5;
-/// X,Y,X,Y passes of the box filter approximate a tent filter (Jarosz 2001).
-const JAROSZ_PASSES: usize = 2;
 
 const LUMA_R: f64 = 0.299;
 const LUMA_G: f64 = 0.587;
@@ -108,11 +110,46 @@ pub struct PdqHash {
     pub quality: u8,
 }
 
+/// The 8 dihedral variants' hashes of one image, in the reference's order: original, rotated
+/// 90, 180 and 270 degrees, flipped along X, along Y, about the main and the anti-diagonal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PdqDihedral {
+    pub hashes: [Hash256; 8],
+    pub quality: u8,
+}
+
+/// Names of the dihedral variants, in [`PdqDihedral::hashes`] order.
+pub const DIHEDRAL_NAMES: [&str; 8] = [
+    "original",
+    "rot90",
+    "rot180",
+    "rot270",
+    "flipx",
+    "flipy",
+    "flipplus1",
+    "flipminus1",
+];
+
+/// Pixels to hash, and how their luma is obtained.
+#[derive(Clone, Copy, Debug)]
+pub enum Pixels<'a> {
+    /// Packed RGB, `width * height * 3` bytes: luma as the reference computes it.
+    Rgb(&'a [u8]),
+    /// 8-bit full-range luma (0 = black, 255 = white), rows `stride` bytes apart.
+    Gray { data: &'a [u8], stride: usize },
+    /// The Y plane of a limited-range ("TV", 16..235) video frame, rows `stride` bytes apart:
+    /// expanded to full range first, since unexpanded Y compresses contrast and lowers the
+    /// quality score.
+    VideoY { data: &'a [u8], stride: usize },
+}
+
 /// Reusable working memory for hashing frames of one size after another without allocating.
 #[derive(Default)]
 pub struct PdqHasher {
-    buf1: Vec<f32>,
-    buf2: Vec<f32>,
+    luma: Vec<f32>,
+    pass1: Vec<f32>,
+    pass2: Vec<f32>,
+    kept: Vec<f32>,
 }
 
 impl PdqHasher {
@@ -120,22 +157,34 @@ impl PdqHasher {
         Self::default()
     }
 
-    /// Hashes packed RGB pixels (`width * height * 3` bytes, row-major), computing luma exactly
-    /// as the reference does for colour images.
-    pub fn hash_rgb(&mut self, rgb: &[u8], width: usize, height: usize) -> PdqHash {
-        assert_eq!(rgb.len(), width * height * 3, "RGB buffer size");
-        self.buf1.clear();
-        // pdqhash (the wrapper the ecosystem hashes with) sums in f64, then rounds to f32;
-        // Meta's C++ CLI sums in f32. The two differ in the last bit for about a third of all
-        // colours, enough to flip bits near the median, so we follow the wrapper.
-        self.buf1.extend(rgb.chunks_exact(3).map(|p| {
-            (f64::from(p[0]) * LUMA_R + f64::from(p[1]) * LUMA_G + f64::from(p[2]) * LUMA_B) as f32
-        }));
-        self.hash_buffer(width, height)
+    pub fn hash(&mut self, pixels: Pixels<'_>, width: usize, height: usize) -> PdqHash {
+        let (dct, quality) = self.dct(pixels, width, height);
+        PdqHash {
+            hash: dct.map_or_else(Hash256::default, |d| dct_to_bits(&d)),
+            quality,
+        }
     }
 
-    /// Hashes 8-bit luma given as full-range values (0 = black, 255 = white), `stride` bytes
-    /// apart per row.
+    pub fn hash_dihedral(
+        &mut self,
+        pixels: Pixels<'_>,
+        width: usize,
+        height: usize,
+    ) -> PdqDihedral {
+        let (dct, quality) = self.dct(pixels, width, height);
+        let hashes = match dct {
+            Some(d) => dihedral(&d).map(|v| dct_to_bits(&v)),
+            None => [Hash256::default(); 8],
+        };
+        PdqDihedral { hashes, quality }
+    }
+
+    /// Packed RGB pixels (`width * height * 3` bytes, row-major).
+    pub fn hash_rgb(&mut self, rgb: &[u8], width: usize, height: usize) -> PdqHash {
+        self.hash(Pixels::Rgb(rgb), width, height)
+    }
+
+    /// 8-bit full-range luma, `stride` bytes apart per row.
     pub fn hash_gray(
         &mut self,
         luma: &[u8],
@@ -143,16 +192,10 @@ impl PdqHasher {
         height: usize,
         stride: usize,
     ) -> PdqHash {
-        self.buf1.clear();
-        for row in 0..height {
-            let line = &luma[row * stride..row * stride + width];
-            self.buf1.extend(line.iter().map(|&v| f32::from(v)));
-        }
-        self.hash_buffer(width, height)
+        self.hash(Pixels::Gray { data: luma, stride }, width, height)
     }
 
-    /// Hashes the Y plane of a limited-range ("TV", 16..235) video frame: luma is expanded to
-    /// full range first, since unexpanded Y compresses contrast and lowers the quality score.
+    /// The Y plane of a limited-range video frame.
     pub fn hash_video_luma(
         &mut self,
         y: &[u8],
@@ -160,45 +203,123 @@ impl PdqHasher {
         height: usize,
         stride: usize,
     ) -> PdqHash {
-        let lut = limited_to_full_lut();
-        self.buf1.clear();
-        for row in 0..height {
-            let line = &y[row * stride..row * stride + width];
-            self.buf1.extend(line.iter().map(|&v| lut[v as usize]));
-        }
-        self.hash_buffer(width, height)
+        self.hash(Pixels::VideoY { data: y, stride }, width, height)
     }
 
-    /// Hashes luma already in `buf1` (row-major, `width * height` values).
-    fn hash_buffer(&mut self, width: usize, height: usize) -> PdqHash {
+    /// The 16x16 DCT block and the quality; `None` (quality 0) for images too small to hash.
+    fn dct(
+        &mut self,
+        pixels: Pixels<'_>,
+        width: usize,
+        height: usize,
+    ) -> (Option<[[f32; DCT]; DCT]>, u8) {
         if width < MIN_HASHABLE_DIM || height < MIN_HASHABLE_DIM {
-            return PdqHash {
-                hash: Hash256::default(),
-                quality: 0,
-            };
+            return (None, 0);
         }
-        let mut down = [[0f32; DOWN]; DOWN];
-        if width == DOWN && height == DOWN {
+        let down = if width == DOWN && height == DOWN {
             // The reference skips the blur for inputs that are already 64x64.
-            for (i, row) in down.iter_mut().enumerate() {
-                row.copy_from_slice(&self.buf1[i * DOWN..(i + 1) * DOWN]);
-            }
+            luma(pixels, width, height, &mut self.luma);
+            std::array::from_fn(|i| self.luma[i * DOWN..(i + 1) * DOWN].try_into().unwrap())
         } else {
-            self.buf2.resize(width * height, 0.0);
-            jarosz_filter(&mut self.buf1, &mut self.buf2, height, width);
-            decimate(&self.buf1, height, width, &mut down);
+            self.blur_and_decimate(pixels, width, height)
+        };
+        (Some(dct64_to_16(&down)), quality_metric(&down))
+    }
+
+    /// The reference's two X,Y box-filter passes (Jarosz), keeping only what the 64x64
+    /// decimation reads: the last row pass only at the 64 sampled columns, the last column
+    /// pass only at the 64 sampled rows.
+    fn blur_and_decimate(
+        &mut self,
+        pixels: Pixels<'_>,
+        width: usize,
+        height: usize,
+    ) -> [[f32; DOWN]; DOWN] {
+        let (win_along_rows, win_along_cols) =
+            (jarosz_window(width, DOWN), jarosz_window(height, DOWN));
+        let (at_cols, at_rows) = (sample_positions(width), sample_positions(height));
+        let n = width * height;
+        self.pass1.resize(n, 0.0);
+        self.pass2.resize(n, 0.0);
+        self.kept.resize(height * DOWN, 0.0);
+        // 8-bit luma is converted on the fly by the first pass (same values as `luma`)
+        match pixels {
+            Pixels::Gray { data, stride } | Pixels::VideoY { data, stride } => {
+                let limited = matches!(pixels, Pixels::VideoY { .. });
+                check_plane(data, width, height, stride);
+                boxfilter::rows_u8(
+                    data,
+                    stride,
+                    limited,
+                    &mut self.pass1,
+                    height,
+                    width,
+                    win_along_rows,
+                );
+            }
+            Pixels::Rgb(_) => {
+                luma(pixels, width, height, &mut self.luma);
+                box_rows(&self.luma, &mut self.pass1, height, width, win_along_rows);
+            }
         }
-        let quality = quality_metric(&down);
-        let dct = dct64_to_16(&down);
-        PdqHash {
-            hash: dct_to_bits(&dct),
-            quality,
+        box_cols(&self.pass1, &mut self.pass2, height, width, win_along_cols);
+        box_rows_sampled(
+            &self.pass2,
+            &mut self.kept,
+            height,
+            width,
+            win_along_rows,
+            &at_cols,
+        );
+        box_cols_sampled(&self.kept, height, win_along_cols, &at_rows)
+    }
+}
+
+/// One pixel's luma: summed in f64 and rounded to f32, as `pdqhash` does.
+#[inline(always)]
+fn rgb_luma(r: u8, g: u8, b: u8) -> f32 {
+    (f64::from(r) * LUMA_R + f64::from(g) * LUMA_G + f64::from(b) * LUMA_B) as f32
+}
+
+fn check_plane(data: &[u8], width: usize, height: usize, stride: usize) {
+    assert!(stride >= width, "stride {stride} below width {width}");
+    assert!(
+        data.len() >= (height - 1) * stride + width,
+        "luma plane size"
+    );
+}
+
+/// Luma as f32, row-major and tightly packed, into `out`.
+pub fn luma(pixels: Pixels<'_>, width: usize, height: usize, out: &mut Vec<f32>) {
+    out.clear();
+    match pixels {
+        Pixels::Rgb(rgb) => {
+            assert_eq!(rgb.len(), width * height * 3, "RGB buffer size");
+            // pdqhash (the wrapper the ecosystem hashes with) sums in f64, then rounds to
+            // f32; Meta's C++ CLI sums in f32. The two differ in the last bit for about a
+            // third of all colours, enough to flip bits near the median, so we follow the
+            // wrapper.
+            out.resize(width * height, 0.0);
+            boxfilter::luma_rgb(rgb, out);
+        }
+        Pixels::Gray { data, stride } => {
+            for row in 0..height {
+                let line = &data[row * stride..row * stride + width];
+                out.extend(line.iter().map(|&v| f32::from(v)));
+            }
+        }
+        Pixels::VideoY { data, stride } => {
+            let lut = limited_to_full_lut();
+            for row in 0..height {
+                let line = &data[row * stride..row * stride + width];
+                out.extend(line.iter().map(|&v| lut[v as usize]));
+            }
         }
     }
 }
 
 /// Full-range value for each limited-range 8-bit luma code: (y - 16) * 255 / 219, clamped.
-fn limited_to_full_lut() -> &'static [f32; 256] {
+pub fn limited_to_full_lut() -> &'static [f32; 256] {
     static LUT: OnceLock<[f32; 256]> = OnceLock::new();
     LUT.get_or_init(|| {
         let mut t = [0f32; 256];
@@ -211,26 +332,60 @@ fn limited_to_full_lut() -> &'static [f32; 256] {
 }
 
 /// Box-filter window per pass: half of a 1/64th block, rounded up.
-fn jarosz_window(old_dim: usize, new_dim: usize) -> usize {
+pub fn jarosz_window(old_dim: usize, new_dim: usize) -> usize {
     (old_dim + 2 * new_dim - 1) / (2 * new_dim)
 }
 
-fn jarosz_filter(buf1: &mut [f32], buf2: &mut [f32], rows: usize, cols: usize) {
-    let win_rows = jarosz_window(cols, DOWN);
-    let win_cols = jarosz_window(rows, DOWN);
-    for _ in 0..JAROSZ_PASSES {
-        for r in 0..rows {
-            box_1d(&buf1[r * cols..], &mut buf2[r * cols..], cols, 1, win_rows);
-        }
-        for c in 0..cols {
-            box_1d(&buf2[c..], &mut buf1[c..], rows, cols, win_cols);
-        }
+/// Where the 64 decimation samples fall along a dimension of `dim` pixels: the reference's
+/// `(int)((i + 0.5) * dim / 64)`, evaluated in double precision.
+pub fn sample_positions(dim: usize) -> [u32; DOWN] {
+    std::array::from_fn(|i| (((i as f64 + 0.5) * dim as f64) / DOWN as f64) as u32)
+}
+
+/// First pass along rows: every row of `input` (`rows x cols`, row-major) box-filtered into
+/// `output`.
+pub fn box_rows(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
+    crate::boxfilter::rows(input, output, rows, cols, window);
+}
+
+/// First pass along columns.
+pub fn box_cols(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
+    crate::boxfilter::cols(input, output, rows, cols, window);
+}
+
+/// Second pass along rows, kept only at the 64 sampled columns: `output` is `rows x 64`. The
+/// running sums still cover every pixel, so each kept value is the one a full pass computes.
+pub fn box_rows_sampled(
+    input: &[f32],
+    output: &mut [f32],
+    rows: usize,
+    cols: usize,
+    window: usize,
+    at: &[u32; DOWN],
+) {
+    crate::boxfilter::rows_sampled(input, output, rows, cols, window, at);
+}
+
+/// Second pass along the 64 kept columns (`input` is `rows x 64`), kept only at the 64 sampled
+/// rows: the decimated 64x64 image.
+pub fn box_cols_sampled(
+    input: &[f32],
+    rows: usize,
+    window: usize,
+    at: &[u32; DOWN],
+) -> [[f32; DOWN]; DOWN] {
+    let mut column = vec![0f32; rows * DOWN];
+    box_cols(input, &mut column, rows, DOWN, window);
+    let mut out = [[0f32; DOWN]; DOWN];
+    for (o, &r) in out.iter_mut().zip(at) {
+        o.copy_from_slice(&column[r as usize * DOWN..(r as usize + 1) * DOWN]);
     }
+    out
 }
 
 /// One running-sum box filter along a strided vector, with the reference's four phases (grow
 /// the window, slide it, shrink it) and its exact order of float additions and subtractions.
-fn box_1d(input: &[f32], output: &mut [f32], len: usize, stride: usize, window: usize) {
+pub fn box_1d(input: &[f32], output: &mut [f32], len: usize, stride: usize, window: usize) {
     let half = (window + 2) / 2;
     let phase1 = half - 1;
     let phase2 = window - half + 1;
@@ -268,19 +423,8 @@ fn box_1d(input: &[f32], output: &mut [f32], len: usize, stride: usize, window: 
     }
 }
 
-/// Samples the blurred image at the centres of a 64x64 grid.
-fn decimate(input: &[f32], rows: usize, cols: usize, out: &mut [[f32; DOWN]; DOWN]) {
-    for (i, out_row) in out.iter_mut().enumerate() {
-        let ini = (((i as f64 + 0.5) * rows as f64) / DOWN as f64) as usize;
-        for (j, o) in out_row.iter_mut().enumerate() {
-            let inj = (((j as f64 + 0.5) * cols as f64) / DOWN as f64) as usize;
-            *o = input[ini * cols + inj];
-        }
-    }
-}
-
 /// The reference's heuristic: the sum of quantised gradients, scaled to 0..=100.
-fn quality_metric(b: &[[f32; DOWN]; DOWN]) -> u8 {
+pub fn quality_metric(b: &[[f32; DOWN]; DOWN]) -> u8 {
     let mut sum: i32 = 0;
     for i in 0..DOWN - 1 {
         for j in 0..DOWN {
@@ -317,7 +461,7 @@ pub fn dct_matrix() -> &'static [[f32; DOWN]; DCT] {
 }
 
 /// B = D A Dᵀ, accumulating in f32 in the reference's order.
-fn dct64_to_16(a: &[[f32; DOWN]; DOWN]) -> [[f32; DCT]; DCT] {
+pub fn dct64_to_16(a: &[[f32; DOWN]; DOWN]) -> [[f32; DCT]; DCT] {
     let d = dct_matrix();
     let mut t = [[0f32; DOWN]; DCT];
     for i in 0..DCT {
@@ -343,7 +487,7 @@ fn dct64_to_16(a: &[[f32; DOWN]; DOWN]) -> [[f32; DCT]; DCT] {
 }
 
 /// One bit per coefficient: set when above the (lower) median of all 256.
-fn dct_to_bits(b: &[[f32; DCT]; DCT]) -> Hash256 {
+pub fn dct_to_bits(b: &[[f32; DCT]; DCT]) -> Hash256 {
     let flat: Vec<f32> = b.iter().flatten().copied().collect();
     let median = torben_median(&flat);
     let mut hash = Hash256::default();
@@ -355,9 +499,31 @@ fn dct_to_bits(b: &[[f32; DCT]; DCT]) -> Hash256 {
     hash
 }
 
+/// The DCT blocks of the 8 dihedral variants of an image, derived from the original's block
+/// by sign changes and transposition exactly as the reference does, in [`DIHEDRAL_NAMES`]
+/// order.
+pub fn dihedral(b: &[[f32; DCT]; DCT]) -> [[[f32; DCT]; DCT]; 8] {
+    let mut out = [[[0f32; DCT]; DCT]; 8];
+    for i in 0..DCT {
+        for j in 0..DCT {
+            let v = b[i][j];
+            let keep_if = |keep: bool| if keep { v } else { -v };
+            out[0][i][j] = v;
+            out[1][j][i] = keep_if(j & 1 == 1);
+            out[2][i][j] = keep_if((i + j) & 1 == 0);
+            out[3][j][i] = keep_if(i & 1 == 1);
+            out[4][i][j] = keep_if(i & 1 == 1);
+            out[5][i][j] = keep_if(j & 1 == 1);
+            out[6][j][i] = v;
+            out[7][j][i] = keep_if((i + j) & 1 == 0);
+        }
+    }
+    out
+}
+
 /// Torben Mogensen's median search (no reordering of the input), returning the lower median
 /// for even counts, as the reference does.
-fn torben_median(m: &[f32]) -> f32 {
+pub fn torben_median(m: &[f32]) -> f32 {
     let n = m.len();
     let half = n.div_ceil(2);
     let (mut min, mut max) = (m[0], m[0]);

@@ -1,0 +1,1 @@
+//! PDQ on the GPU (WGSL kernels in `shaders/`, driven by wgpu).
