@@ -413,6 +413,30 @@ fn rows_impl<T: Transpose>(
     }
 }
 
+/// The row pass over one strip, kept only at the columns `at`, into `output` (`LANES x 64`).
+#[inline(always)]
+fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut [f32]) {
+    let mut kept = [[0f32; LANES]; DOWN];
+    let mut k = 0;
+    slide_strip(
+        strip,
+        window,
+        #[inline(always)]
+        |o, sum, size| {
+            // positions are ascending; small images sample one column several times
+            while k < DOWN && at[k] as usize == o {
+                kept[k] = div(sum, size);
+                k += 1;
+            }
+        },
+    );
+    for (l, out) in output.chunks_exact_mut(DOWN).enumerate() {
+        for (o, v) in out.iter_mut().zip(&kept) {
+            *o = v[l];
+        }
+    }
+}
+
 #[inline(always)]
 fn rows_u8_impl<T: Transpose>(
     input: &[u8],
@@ -463,30 +487,14 @@ fn rows_sampled_impl<T: Transpose>(
 ) {
     let full = rows / LANES * LANES;
     let mut strip = vec![[0f32; LANES]; cols];
-    let mut kept = [[0f32; LANES]; DOWN];
     for r0 in (0..full).step_by(LANES) {
         T::load(input, r0, cols, &mut strip);
-        let mut k = 0;
-        slide_strip(
+        sampled_strip(
             &strip,
             window,
-            #[inline(always)]
-            |o, sum, size| {
-                // positions are ascending; small images sample one column several times
-                while k < DOWN && at[k] as usize == o {
-                    kept[k] = div(sum, size);
-                    k += 1;
-                }
-            },
+            at,
+            &mut output[r0 * DOWN..(r0 + LANES) * DOWN],
         );
-        for (l, out) in output[r0 * DOWN..(r0 + LANES) * DOWN]
-            .chunks_exact_mut(DOWN)
-            .enumerate()
-        {
-            for (o, v) in out.iter_mut().zip(&kept) {
-                *o = v[l];
-            }
-        }
     }
     let mut line = vec![0f32; cols];
     for r in full..rows {
@@ -499,17 +507,35 @@ fn rows_sampled_impl<T: Transpose>(
 
 #[inline(always)]
 fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
+    slide_rows(
+        input,
+        rows,
+        cols,
+        window,
+        #[inline(always)]
+        |o, sum, size| {
+            for (d, &s) in output[o * cols..(o + 1) * cols].iter_mut().zip(sum) {
+                *d = s / size;
+            }
+        },
+    );
+}
+
+/// The box filter down all columns at once: one row-wide vector of running sums slides over
+/// the rows, calling `emit(o, sums, size)` when output row `o` is due.
+#[inline(always)]
+fn slide_rows(
+    input: &[f32],
+    rows: usize,
+    cols: usize,
+    window: usize,
+    mut emit: impl FnMut(usize, &[f32], f32),
+) {
     let row = |r: usize| &input[r * cols..(r + 1) * cols];
     let half = (window + 2) / 2;
     let (mut li, mut ri, mut oi) = (0usize, 0usize, 0usize);
     let mut size = 0u32;
     let mut sum = vec![0f32; cols];
-    let emit = |out: &mut [f32], sum: &[f32], oi: usize, size: u32| {
-        let size = size as f32;
-        for (d, &s) in out[oi * cols..(oi + 1) * cols].iter_mut().zip(sum) {
-            *d = s / size;
-        }
-    };
     for _ in 0..half - 1 {
         sum.iter_mut().zip(row(ri)).for_each(|(s, &v)| *s += v);
         size += 1;
@@ -518,7 +544,7 @@ fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, win
     for _ in 0..window - half + 1 {
         sum.iter_mut().zip(row(ri)).for_each(|(s, &v)| *s += v);
         size += 1;
-        emit(output, &sum, oi, size);
+        emit(oi, &sum, size as f32);
         ri += 1;
         oi += 1;
     }
@@ -528,7 +554,7 @@ fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, win
             *s += a;
             *s -= b;
         }
-        emit(output, &sum, oi, size);
+        emit(oi, &sum, size as f32);
         li += 1;
         ri += 1;
         oi += 1;
@@ -536,7 +562,7 @@ fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, win
     for _ in 0..half - 1 {
         sum.iter_mut().zip(row(li)).for_each(|(s, &v)| *s -= v);
         size -= 1;
-        emit(output, &sum, oi, size);
+        emit(oi, &sum, size as f32);
         li += 1;
         oi += 1;
     }

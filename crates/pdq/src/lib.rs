@@ -240,7 +240,6 @@ impl PdqHasher {
         let (at_cols, at_rows) = (sample_positions(width), sample_positions(height));
         let n = width * height;
         self.pass1.resize(n, 0.0);
-        self.pass2.resize(n, 0.0);
         self.kept.resize(height * DOWN, 0.0);
         // 8-bit luma is converted on the fly by the first pass (same values as `luma`)
         match pixels {
@@ -262,6 +261,7 @@ impl PdqHasher {
                 box_rows(&self.luma, &mut self.pass1, height, width, win_along_rows);
             }
         }
+        self.pass2.resize(n, 0.0);
         box_cols(&self.pass1, &mut self.pass2, height, width, win_along_cols);
         box_rows_sampled(
             &self.pass2,
