@@ -46,6 +46,71 @@ pub struct RawConfig {
     pub source: SourceConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub hash: HashConfig,
+}
+
+/// `[hash]`: where PDQ runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashConfig {
+    /// `auto` takes a real GPU adapter when there is one, else the CPU; `gpu` insists on a
+    /// GPU (start fails without one); `cpu` never touches the GPU.
+    #[serde(default)]
+    pub backend: HashBackend,
+    /// Which GPU adapter: its index in the list `livewatch adapters` prints, or a
+    /// case-insensitive part of its name. Default: the first real GPU.
+    #[serde(default)]
+    pub adapter: Option<AdapterSelector>,
+    /// Accept a software adapter (Mesa's lavapipe) for `backend = "gpu"`: the same results,
+    /// but slower than the CPU path. For testing the shaders on GPU-less machines.
+    #[serde(default)]
+    pub allow_software: bool,
+    /// Frames hashed per GPU batch, at most.
+    #[serde(default = "default_gpu_batch")]
+    pub batch: usize,
+}
+
+impl Default for HashConfig {
+    fn default() -> Self {
+        Self {
+            backend: HashBackend::Auto,
+            adapter: None,
+            allow_software: false,
+            batch: default_gpu_batch(),
+        }
+    }
+}
+
+fn default_gpu_batch() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashBackend {
+    #[default]
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+/// A GPU adapter by index or by (part of) its name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AdapterSelector {
+    Index(usize),
+    Name(String),
+}
+
+impl std::str::FromStr for AdapterSelector {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(s.parse::<usize>()
+            .map(AdapterSelector::Index)
+            .unwrap_or_else(|_| AdapterSelector::Name(s.to_string())))
+    }
 }
 
 /// `[server]`: the HTTP listener for /metrics, /healthz, /readyz and the API.
@@ -354,6 +419,7 @@ pub struct Config {
     pub cooldown: Duration,
     pub source: SourceConfig,
     pub pipeline: PipelineConfig,
+    pub hash: HashConfig,
 }
 
 /// URL schemes a stream may use: RTSP through retina, everything else through libavformat.
@@ -475,6 +541,13 @@ impl RawConfig {
                 None,
                 "match.min_quality".into(),
                 "quality is 0..=100".into(),
+            ));
+        }
+        if self.hash.batch == 0 || self.hash.batch > 4096 {
+            return Err(err(
+                None,
+                "hash.batch".into(),
+                "must be 1 to 4096 frames".into(),
             ));
         }
         if self.pipeline.decode_queue == 0 || self.pipeline.frame_queue == 0 {
@@ -614,6 +687,7 @@ impl RawConfig {
             cooldown: secs(self.alerts.cooldown_secs),
             source: self.source,
             pipeline: self.pipeline,
+            hash: self.hash,
         })
     }
 }

@@ -426,6 +426,15 @@ pub struct VideoFrameHash {
     pub timestamp: f64,
 }
 
+/// One line as Meta's vpdq writes it: `frame_number,quality,pdq_hex,timestamp_seconds`, the
+/// timestamp with three decimals.
+pub fn vpdq_line(l: &VideoFrameHash) -> String {
+    format!(
+        "{},{},{},{:.3}",
+        l.frame_number, l.hash.quality, l.hash.hash, l.timestamp
+    )
+}
+
 /// Hashes the frames of a video file: every frame when `seconds_per_hash` is 0, else one frame
 /// every `seconds_per_hash * fps` frames (vPDQ's rule).
 pub fn hash_video_file(

@@ -64,7 +64,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> anyhow::Result<()> {
     init_media();
     let m = metrics();
-    m.build_info.with_label_values(&[VERSION, "cpu"]).set(1);
 
     let banks = Arc::new(Banks::load(&config.banks)?);
     for b in &banks.banks {
@@ -117,8 +116,36 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     );
 
     let (det_tx, det_rx) = mpsc::channel::<Detection>(1024);
-    let hashers: Vec<_> = (0..hash_threads)
-        .map(|i| {
+    // One thread drives a GPU (it batches across streams); on the CPU, one thread per core.
+    let engine = hash::Engine::new(&config.hash)?;
+    let backend = engine.info();
+    metrics()
+        .hash_backend_info
+        .with_label_values(&[
+            backend.backend,
+            &backend.adapter,
+            &backend.device_type,
+            &backend.driver,
+        ])
+        .set(1);
+    metrics()
+        .build_info
+        .with_label_values(&[VERSION, backend.backend])
+        .set(1);
+    info!(backend = %backend, "hashing PDQ");
+    let (engines, batch) = match engine {
+        hash::Engine::Gpu(_) => (vec![engine], config.hash.batch),
+        hash::Engine::Cpu(_) => (
+            (0..hash_threads)
+                .map(|_| hash::Engine::Cpu(PdqHasher::new()))
+                .collect(),
+            32,
+        ),
+    };
+    let hashers: Vec<_> = engines
+        .into_iter()
+        .enumerate()
+        .map(|(i, engine)| {
             let (frames, banks, statuses, tx) = (
                 frames.clone(),
                 banks.clone(),
@@ -128,7 +155,9 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             let min_quality = config.matching.min_quality;
             std::thread::Builder::new()
                 .name(format!("lw-hash-{i}"))
-                .spawn(move || hash_thread(&frames, &banks, &statuses, min_quality, &tx))
+                .spawn(move || {
+                    hash_thread(engine, batch, &frames, &banks, &statuses, min_quality, &tx)
+                })
                 .context("spawn hash thread")
         })
         .collect::<anyhow::Result<_>>()?;
@@ -217,6 +246,8 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
 }
 
 fn hash_thread(
+    mut engine: hash::Engine,
+    batch_size: usize,
     frames: &FrameQueue,
     banks: &Banks,
     statuses: &[Arc<StreamStatus>],
@@ -224,29 +255,43 @@ fn hash_thread(
     tx: &mpsc::Sender<Detection>,
 ) {
     let m = metrics();
-    let mut hasher = PdqHasher::new();
+    let mut fallback = PdqHasher::new();
     loop {
-        let batch = frames.pop_batch(32, Duration::from_millis(200));
+        let batch = frames.pop_batch(batch_size, Duration::from_millis(200));
         if batch.is_empty() {
             if frames.is_closed() {
                 return;
             }
             continue;
         }
-        for f in batch {
-            let status = &statuses[f.stream as usize];
+        for f in &batch {
             m.stage_seconds
                 .with_label_values(&[stage::QUEUE])
                 .observe(f.arrival.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let h = if f.full_range {
-                hasher.hash_gray(&f.luma, f.width, f.height, f.width)
-            } else {
-                hasher.hash_video_luma(&f.luma, f.width, f.height, f.width)
-            };
+        }
+        let t = Instant::now();
+        let lumas: Vec<_> = batch
+            .iter()
+            .map(|f| hash::Luma {
+                data: &f.luma,
+                width: f.width,
+                height: f.height,
+                stride: f.width,
+                full_range: f.full_range,
+            })
+            .collect();
+        let hashes = engine.hash_frames(&lumas).unwrap_or_else(|e| {
+            // a GPU fault must not lose frames: hash this batch on the CPU
+            m.hash_errors.inc();
+            warn!("GPU hashing failed, this batch is hashed on the CPU: {e:#}");
+            hash::hash_frames_cpu(&mut fallback, &lumas)
+        });
+        let per_frame = t.elapsed().as_secs_f64() / batch.len() as f64;
+        for (f, h) in batch.into_iter().zip(hashes) {
+            let status = &statuses[f.stream as usize];
             m.stage_seconds
                 .with_label_values(&[stage::HASH])
-                .observe(t.elapsed().as_secs_f64());
+                .observe(per_frame);
             m.frames_hashed.inc();
             status.frames_hashed.fetch_add(1, Ordering::Relaxed);
             if h.quality < min_quality {

@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,16 +50,40 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
-    /// Print PDQ hashes of a video's frames as vPDQ lines: frame_number,quality,pdq_hex,timestamp.
+    /// Print PDQ hashes: one line per image (`pdq_hex,quality,path`), or with --video vPDQ
+    /// lines per frame (`frame_number,quality,pdq_hex,timestamp_seconds`).
     Hash {
         /// Treat the inputs as videos.
         #[arg(long)]
         video: bool,
-        /// Hash one frame per this many seconds (0 = every frame).
-        #[arg(long, default_value_t = 0.0)]
+        /// With --video: hash one frame per this many seconds (0 = every frame).
+        #[arg(long, default_value_t = 0.0, requires = "video")]
         seconds_per_hash: f64,
+        /// Images: also print the 8 dihedral variants' hashes after the quality (original,
+        /// rot90, rot180, rot270, flipx, flipy, flipplus1, flipminus1).
+        #[arg(long, conflicts_with = "video")]
+        dihedral: bool,
+        /// Where to hash images: auto (a real GPU if there is one), gpu or cpu.
+        #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+        backend: BackendArg,
+        /// GPU adapter: index (see `livewatch adapters`) or part of its name.
+        #[arg(long)]
+        adapter: Option<livewatch::config::AdapterSelector>,
+        /// Accept a software GPU adapter (lavapipe) for --backend gpu.
+        #[arg(long)]
+        allow_software: bool,
+        #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List the GPU adapters wgpu finds, with their index for `[hash] adapter`.
+    Adapters,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Auto,
+    Gpu,
+    Cpu,
 }
 
 fn init_logging(format: LogFormat) {
@@ -116,35 +141,101 @@ fn main() -> ExitCode {
         Command::Hash {
             video,
             seconds_per_hash,
+            dihedral,
+            backend,
+            adapter,
+            allow_software,
             files,
         } => {
-            if !video {
-                eprintln!("error: only --video input is supported by this build");
-                return ExitCode::from(2);
+            if video {
+                return hash_videos(&files, seconds_per_hash);
             }
-            if files.is_empty() {
-                eprintln!("error: name at least one video file");
-                return ExitCode::from(2);
-            }
-            for f in files {
-                match livewatch::decode::hash_video_file(&f, seconds_per_hash) {
-                    Ok(lines) => {
-                        for l in lines {
-                            println!(
-                                "{},{},{},{:.3}",
-                                l.frame_number, l.hash.quality, l.hash.hash, l.timestamp
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::FAILURE;
-                    }
-                }
+            let config = livewatch::config::HashConfig {
+                backend: match backend {
+                    BackendArg::Auto => livewatch::config::HashBackend::Auto,
+                    BackendArg::Gpu => livewatch::config::HashBackend::Gpu,
+                    BackendArg::Cpu => livewatch::config::HashBackend::Cpu,
+                },
+                adapter,
+                allow_software,
+                ..Default::default()
+            };
+            hash_images(&files, dihedral, &config)
+        }
+        Command::Adapters => {
+            for (i, a) in livewatch::hash::gpu::list_adapters().iter().enumerate() {
+                println!(
+                    "{i}\t{:?}\t{:?}\t{}\t{}",
+                    a.backend, a.device_type, a.name, a.driver_info
+                );
             }
             ExitCode::SUCCESS
         }
     }
+}
+
+fn hash_videos(files: &[PathBuf], seconds_per_hash: f64) -> ExitCode {
+    let mut status = ExitCode::SUCCESS;
+    for f in files {
+        match livewatch::decode::hash_video_file(f, seconds_per_hash) {
+            Ok(lines) => {
+                let mut out = std::io::stdout().lock();
+                for l in &lines {
+                    let _ = writeln!(out, "{}", livewatch::decode::vpdq_line(l));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                status = ExitCode::FAILURE;
+            }
+        }
+    }
+    status
+}
+
+/// Hashes images one by one; an unreadable file is reported and skipped, and the exit status
+/// says whether every file was hashed.
+fn hash_images(
+    files: &[PathBuf],
+    dihedral: bool,
+    config: &livewatch::config::HashConfig,
+) -> ExitCode {
+    let mut engine = match livewatch::hash::Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::debug!(backend = %engine.info(), "hashing images");
+    let mut status = ExitCode::SUCCESS;
+    for f in files {
+        let result = livewatch::hash::load_rgb(f).and_then(|(rgb, w, h)| {
+            engine.hash_images(&[livewatch::hash::Image {
+                rgb: &rgb,
+                width: w,
+                height: h,
+            }])
+        });
+        match result {
+            Ok(mut v) => {
+                let d = v.remove(0);
+                let mut line = format!("{},{}", d.hashes[0], d.quality);
+                if dihedral {
+                    for h in &d.hashes {
+                        line.push(',');
+                        line.push_str(&h.to_string());
+                    }
+                }
+                println!("{line},{}", f.display());
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                status = ExitCode::FAILURE;
+            }
+        }
+    }
+    status
 }
 
 /// Runs an async main job on a multi-threaded runtime; SIGINT / SIGTERM cancel it.

@@ -16,6 +16,8 @@ use prometheus::{
 pub struct Metrics {
     pub registry: Registry,
     pub build_info: IntGaugeVec,
+    pub hash_backend_info: IntGaugeVec,
+    pub hash_errors: IntCounter,
     pub streams: IntGaugeVec,
     pub sampling_fallback_streams: IntGaugeVec,
     pub frames_received: IntCounter,
@@ -75,6 +77,19 @@ impl Metrics {
                 "livewatch_build_info",
                 "Always 1; labels say which build and hash backend run",
                 &["version", "hash_backend"],
+                r
+            )
+            .unwrap(),
+            hash_backend_info: register_int_gauge_vec_with_registry!(
+                "livewatch_hash_backend_info",
+                "Always 1; labels say where PDQ runs: backend (gpu or cpu), adapter (GPU name, or the CPU path's instruction set), device type and driver",
+                &["backend", "adapter", "device_type", "driver"],
+                r
+            )
+            .unwrap(),
+            hash_errors: register_int_counter_with_registry!(
+                "livewatch_hash_gpu_errors_total",
+                "GPU batches that failed and were hashed on the CPU instead",
                 r
             )
             .unwrap(),

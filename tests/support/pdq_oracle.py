@@ -3,7 +3,8 @@ the Rust tests hash too, so both sides hash the very same RGB bytes.
 
     .venv/bin/python tests/support/pdq_oracle.py --out DIR [--testdata ../shared/testdata/threatexchange]
 
-Writes DIR/NAME.rgb (H*W*3 uint8, row-major RGB) per image and DIR/manifest.json. With
+Writes DIR/NAME.rgb (H*W*3 uint8, row-major RGB) and DIR/NAME.png (the same pixels) per image,
+and DIR/manifest.json. With
 --testdata it also prints the Hamming distances of our hashes to pdq-expected.csv.
 """
 import argparse
@@ -75,12 +76,15 @@ def entry(out, name, arr, **extra):
     h, w, _ = arr.shape
     with open(os.path.join(out, name + ".rgb"), "wb") as f:
         f.write(arr.tobytes())
+    # the same pixels, losslessly, for the command-line tool
+    Image.fromarray(arr, "RGB").save(os.path.join(out, name + ".png"))
     bits, quality = pdqhash.compute(arr)
     # compute_dihedral -> ([8 bit vectors], quality), order: original, rotate90, rotate180,
     # rotate270, flipX, flipY, flipPlus1 (transpose), flipMinus1 (anti-transpose).
     dih, dq = pdqhash.compute_dihedral(arr)
     assert dq == quality and to_hex(dih[0]) == to_hex(bits), name
-    return {"name": name, "width": w, "height": h, "file": name + ".rgb", "pdq_hex": to_hex(bits),
+    return {"name": name, "width": w, "height": h, "file": name + ".rgb", "png": name + ".png",
+            "pdq_hex": to_hex(bits),
             "quality": int(quality), "dihedral": [to_hex(d) for d in dih], **extra}
 
 

@@ -179,6 +179,16 @@ impl PdqHasher {
         PdqDihedral { hashes, quality }
     }
 
+    /// The 16x16 DCT block the bits are taken from; `None` for images too small to hash.
+    pub fn dct_block(
+        &mut self,
+        pixels: Pixels<'_>,
+        width: usize,
+        height: usize,
+    ) -> Option<[[f32; DCT]; DCT]> {
+        self.dct(pixels, width, height).0
+    }
+
     /// Packed RGB pixels (`width * height * 3` bytes, row-major).
     pub fn hash_rgb(&mut self, rgb: &[u8], width: usize, height: usize) -> PdqHash {
         self.hash(Pixels::Rgb(rgb), width, height)

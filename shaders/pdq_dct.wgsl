@@ -1,0 +1,249 @@
+// PDQ stage 6: from the 64x64 decimated image to the hash. One workgroup of 256 invocations
+// per frame (workgroup x is the frame):
+//
+// * the 16x16 DCT block, B = D A Dᵀ with D the 16x64 matrix of `pdq::dct_matrix()` uploaded
+//   as is (never computed here with WGSL's cos): T = D A first, each entry summed over k
+//   ascending in f32, then B = T Dᵀ the same way, exactly as `pdq::dct64_to_16`; a product
+//   and the running sum are two roundings, never a fused multiply-add;
+// * the quality, `pdq::quality_metric`: integer sums, so any order gives the same total;
+// * per dihedral variant (`pdq::dihedral`: sign changes and transposition, both exact), the
+//   lower median by Torben's method (`pdq::torben_median`, same float steps) and the bits
+//   above it (`pdq::dct_to_bits`: bit k = row * 16 + column, in 16-bit word k / 16).
+//
+// Result record per frame, RESULT_WORDS u32: quality, 3 zero words, then 8 hashes of 8 words,
+// each word holding two 16-bit hash words (word 2m in the low half, 2m + 1 in the high half).
+// Variants beyond the frame's `variants` and tiny frames get zero hashes. The DCT block goes
+// to `dct_offset` as f32 bits.
+
+// ---- Frame descriptor: identical in every kernel file (a test checks), and field for field
+// ---- `FrameDesc` in src/hash/gpu.rs (576 bytes).
+//
+// One dispatch covers a batch of frames of any sizes: each kernel finds its frame by index
+// and everything about it here. Windows and sample positions come from the CPU
+// implementation's own functions, so no kernel rounds a position.
+struct Frame {
+    width: u32,
+    height: u32,
+    // Input: first u32 word of the frame, and words per row. 8-bit luma is packed four pixels
+    // a word, least significant byte first; f32 luma is one pixel a word (its bits).
+    in_offset: u32,
+    in_stride: u32,
+    // First value of the frame in the full-size planes (luma, row pass, column pass).
+    plane_offset: u32,
+    // First value in the `height x 64` output of the sampled row pass.
+    kept_offset: u32,
+    // First value of the 64x64 decimated image.
+    down_offset: u32,
+    // First word of the result record: quality, 3 spare words, 8 hashes of 8 words.
+    result_offset: u32,
+    // First word of the 16x16 DCT block (f32 bits, in the result buffer).
+    dct_offset: u32,
+    // Box-filter windows along rows and along columns.
+    win_rows: u32,
+    win_cols: u32,
+    // FLAG_* bits.
+    flags: u32,
+    // Dihedral variants to hash: 1 (the original only) or 8.
+    variants: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+    // The 64 sampled columns and the 64 sampled rows, ascending.
+    at_cols: array<u32, 64>,
+    at_rows: array<u32, 64>,
+}
+
+// Limited-range 8-bit luma: expand through the table.
+const FLAG_LIMITED: u32 = 1u;
+// The input words are f32 luma, not packed 8-bit luma.
+const FLAG_F32: u32 = 2u;
+// Exactly 64x64: no blur, the luma is the decimated image.
+const FLAG_NO_BLUR: u32 = 4u;
+// A side below 5: hash 0 and quality 0; no pass touches the frame.
+const FLAG_TINY: u32 = 8u;
+// ---- end of Frame descriptor
+
+const RESULT_WORDS: u32 = 68u;
+const HASH_BASE: u32 = 4u;
+
+@group(0) @binding(0) var<storage, read> frames: array<Frame>;
+// `pdq::dct_matrix()`, row-major 16 x 64, four values to a vector.
+@group(0) @binding(1) var<uniform> matrix: array<vec4<f32>, 256>;
+@group(0) @binding(2) var<storage, read> down: array<f32>;
+@group(0) @binding(3) var<storage, read_write> results: array<u32>;
+
+// T = D A, 16 x 64.
+var<workgroup> partial: array<f32, 1024>;
+// B = T Dᵀ, 16 x 16.
+var<workgroup> block: array<f32, 256>;
+var<workgroup> gradient_sum: atomic<i32>;
+
+fn d(i: u32, k: u32) -> f32 {
+    let n = i * 64u + k;
+    return matrix[n / 4u][n % 4u];
+}
+
+// Quantised gradient between two pixels of the decimated image, as `quality_metric` takes it.
+fn gradient(a: f32, b: f32) -> i32 {
+    return abs(i32(((a - b) * 100.0) / 255.0));
+}
+
+// Cell (r, c) of dihedral variant `v`, in `pdq::DIHEDRAL_NAMES` order.
+fn variant_value(v: u32, r: u32, c: u32) -> f32 {
+    let same = block[r * 16u + c];
+    let swapped = block[c * 16u + r];
+    let even_sum = ((r + c) & 1u) == 0u;
+    switch v {
+        case 0u: { return same; }
+        case 1u: { return select(-swapped, swapped, (r & 1u) == 1u); }
+        case 2u: { return select(-same, same, even_sum); }
+        case 3u: { return select(-swapped, swapped, (c & 1u) == 1u); }
+        case 4u: { return select(-same, same, (r & 1u) == 1u); }
+        case 5u: { return select(-same, same, (c & 1u) == 1u); }
+        case 6u: { return swapped; }
+        default: { return select(-swapped, swapped, even_sum); }
+    }
+}
+
+fn value(v: u32, n: u32) -> f32 {
+    return variant_value(v, n / 16u, n % 16u);
+}
+
+// Torben's median of the 256 cells of variant `v`, the lower one (as 256 is even).
+fn torben_median(v: u32) -> f32 {
+    let half = 128u;
+    var lo = value(v, 0u);
+    var hi = lo;
+    for (var n = 1u; n < 256u; n++) {
+        let x = value(v, n);
+        lo = min(lo, x);
+        hi = max(hi, x);
+    }
+    // Each round either returns or drops at least one distinct value from [lo, hi], so 256
+    // rounds always suffice; the bound only makes that visible to the compiler.
+    for (var round = 0u; round <= 256u; round++) {
+        let guess = (lo + hi) / 2.0;
+        var less = 0u;
+        var greater = 0u;
+        var equal = 0u;
+        var max_lt = lo;
+        var min_gt = hi;
+        for (var n = 0u; n < 256u; n++) {
+            let x = value(v, n);
+            if x < guess {
+                less += 1u;
+                if x > max_lt {
+                    max_lt = x;
+                }
+            } else if x > guess {
+                greater += 1u;
+                if x < min_gt {
+                    min_gt = x;
+                }
+            } else {
+                equal += 1u;
+            }
+        }
+        if less <= half && greater <= half {
+            if less >= half {
+                return max_lt;
+            } else if less + equal >= half {
+                return guess;
+            }
+            return min_gt;
+        } else if less > greater {
+            hi = max_lt;
+        } else {
+            lo = min_gt;
+        }
+    }
+    return lo;
+}
+
+@compute @workgroup_size(256)
+fn dct_main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let f = wg.x;
+    let res = frames[f].result_offset;
+    if (frames[f].flags & FLAG_TINY) != 0u {
+        if t < RESULT_WORDS {
+            results[res + t] = 0u;
+        }
+        return;
+    }
+    let a = frames[f].down_offset;
+    if t == 0u {
+        atomicStore(&gradient_sum, 0);
+    }
+
+    // T = D A: four entries per invocation
+    for (var e = t; e < 1024u; e += 256u) {
+        let i = e / 64u;
+        let j = e % 64u;
+        var sum: f32 = 0.0;
+        for (var k = 0u; k < 64u; k++) {
+            let p = d(i, k) * down[a + k * 64u + j];
+            sum = sum + p;
+        }
+        partial[e] = sum;
+    }
+
+    // the quality's gradients meanwhile: down the columns, then along the rows
+    var q = 0;
+    for (var n = t; n < 63u * 64u; n += 256u) {
+        let i = n / 64u;
+        let j = n % 64u;
+        q += gradient(down[a + i * 64u + j], down[a + (i + 1u) * 64u + j]);
+    }
+    for (var n = t; n < 64u * 63u; n += 256u) {
+        let i = n / 63u;
+        let j = n % 63u;
+        q += gradient(down[a + i * 64u + j], down[a + i * 64u + j + 1u]);
+    }
+    workgroupBarrier();
+    atomicAdd(&gradient_sum, q);
+
+    // B = T Dᵀ: one entry per invocation
+    {
+        let i = t / 16u;
+        let j = t % 16u;
+        var sum: f32 = 0.0;
+        for (var k = 0u; k < 64u; k++) {
+            let p = partial[i * 64u + k] * d(j, k);
+            sum = sum + p;
+        }
+        block[t] = sum;
+        results[frames[f].dct_offset + t] = bitcast<u32>(sum);
+    }
+    workgroupBarrier();
+
+    if t == 0u {
+        let sum = atomicLoad(&gradient_sum);
+        results[res] = u32(min(sum / 90, 100));
+        results[res + 1u] = 0u;
+        results[res + 2u] = 0u;
+        results[res + 3u] = 0u;
+    }
+    if t < 8u {
+        let out = res + HASH_BASE + t * 8u;
+        if t >= frames[f].variants {
+            for (var m = 0u; m < 8u; m++) {
+                results[out + m] = 0u;
+            }
+            return;
+        }
+        let median = torben_median(t);
+        for (var m = 0u; m < 8u; m++) {
+            var bits = 0u;
+            for (var b = 0u; b < 32u; b++) {
+                // bit b of this word is cell k = 32 m + b: row 2m + b / 16, column b % 16
+                if value(t, m * 32u + b) > median {
+                    bits |= 1u << b;
+                }
+            }
+            results[out + m] = bits;
+        }
+    }
+}
