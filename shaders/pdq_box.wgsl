@@ -43,7 +43,8 @@ struct Frame {
     flags: u32,
     // Dihedral variants to hash: 1 (the original only) or 8.
     variants: u32,
-    pad0: u32,
+    // Always 0, but unknown to the compiler: see `rounded` in pdq_dct.wgsl.
+    zero: u32,
     pad1: u32,
     pad2: u32,
     // The 64 sampled columns and the 64 sampled rows, ascending.
@@ -60,6 +61,77 @@ const FLAG_NO_BLUR: u32 = 4u;
 // A side below 5: hash 0 and quality 0; no pass touches the frame.
 const FLAG_TINY: u32 = 8u;
 // ---- end of Frame descriptor
+
+// ---- Correctly rounded division: identical in every kernel file that divides (a test checks).
+//
+// Vulkan lets `a / b` be off by up to 2.5 units in the last place, and GPUs use that freedom
+// (a reciprocal times `a`), while the CPU's division is correctly rounded. PDQ divides in its
+// running averages and its quality steps, so `exact_div(a, n)` takes the hardware quotient and
+// walks it to the correctly rounded one (to nearest, ties to even). Where division is already
+// exact (lavapipe) no step is taken; tests run the walk with the quotient nudged (DIV_NUDGE).
+//
+// `n` is a whole number below 4096. The remainder a - q n is computed without any rounding: q
+// splits into two halves of at most 12 significant bits, whose products with n are exact;
+// a - qh n is exact by Sterbenz's lemma (qh n is within a factor of two of a); the rest are
+// multiples of q's last place, small enough to be exact. So a driver fusing these into
+// multiply-adds cannot change them either.
+
+// Tests only: nudges the hardware quotient by -2..+2 units in the last place first.
+override DIV_NUDGE: bool = false;
+
+fn exact_div(a: f32, n: f32) -> f32 {
+    var q = a / n;
+    if DIV_NUDGE {
+        let e = (bitcast<u32>(q) >> 23u) & 0xffu;
+        if e > 24u && e < 253u {
+            let k = (bitcast<u32>(a) * 2654435761u) >> 29u;
+            q = bitcast<f32>(bitcast<u32>(q) + k % 5u - 2u);
+        }
+    }
+    for (var step = 0u; step < 6u; step++) {
+        let bits = bitcast<u32>(q);
+        let e = (bits >> 23u) & 0xffu;
+        // zero, tiny, huge, infinite or NaN: no PDQ quotient is; leave it
+        if e <= 24u || e >= 253u {
+            break;
+        }
+        let qh = bitcast<f32>(bits & 0xfffff000u);
+        let ql = q - qh;
+        let r = (a - qh * n) - ql * n;
+        // half of n times q's last place, on the side away from zero and towards it (where the
+        // last place halves below a power of two)
+        let away = n * bitcast<f32>((e - 23u) << 23u) * 0.5;
+        var toward = away;
+        if (bits & 0x7fffffu) == 0u {
+            toward = away * 0.5;
+        }
+        // r > 0: the true quotient is above q
+        var above = away;
+        var below = toward;
+        if q < 0.0 {
+            above = toward;
+            below = away;
+        }
+        var up = r > above;
+        var down = r < -below;
+        // exactly halfway: to the neighbour with an even last bit
+        if (r == above || r == -below) && (bits & 1u) == 1u {
+            up = r > 0.0;
+            down = r < 0.0;
+        }
+        if !up && !down {
+            break;
+        }
+        // one step along the number line; its bit pattern counts the magnitude
+        if up == (q > 0.0) {
+            q = bitcast<f32>(bits + 1u);
+        } else {
+            q = bitcast<f32>(bits - 1u);
+        }
+    }
+    return q;
+}
+// ---- end of correctly rounded division
 
 @group(0) @binding(0) var<storage, read> frames: array<Frame>;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -109,7 +181,7 @@ fn slide(f: u32, mode: u32, s0: u32, ss: u32, len: u32, window: u32, d0: u32, ds
     for (var n = 0u; n < window + 1u - half; n++) {
         sum = sum + src[ri];
         size += 1u;
-        emit(f, mode, o, sum / f32(size), d0, ds, &k);
+        emit(f, mode, o, exact_div(sum, f32(size)), d0, ds, &k);
         ri += ss;
         o += 1u;
     }
@@ -121,7 +193,7 @@ fn slide(f: u32, mode: u32, s0: u32, ss: u32, len: u32, window: u32, d0: u32, ds
     for (var n = 0u; n < steps; n++) {
         sum = sum + src[ri];
         sum = sum - src[li];
-        emit(f, mode, o, sum / f32(size), d0, ds, &k);
+        emit(f, mode, o, exact_div(sum, f32(size)), d0, ds, &k);
         li += ss;
         ri += ss;
         o += 1u;
@@ -130,7 +202,7 @@ fn slide(f: u32, mode: u32, s0: u32, ss: u32, len: u32, window: u32, d0: u32, ds
     for (var n = 0u; n + 1u < half; n++) {
         sum = sum - src[li];
         size -= 1u;
-        emit(f, mode, o, sum / f32(size), d0, ds, &k);
+        emit(f, mode, o, exact_div(sum, f32(size)), d0, ds, &k);
         li += ss;
         o += 1u;
     }

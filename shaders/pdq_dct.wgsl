@@ -45,7 +45,8 @@ struct Frame {
     flags: u32,
     // Dihedral variants to hash: 1 (the original only) or 8.
     variants: u32,
-    pad0: u32,
+    // Always 0, but unknown to the compiler: see `rounded` in pdq_dct.wgsl.
+    zero: u32,
     pad1: u32,
     pad2: u32,
     // The 64 sampled columns and the 64 sampled rows, ascending.
@@ -63,6 +64,77 @@ const FLAG_NO_BLUR: u32 = 4u;
 const FLAG_TINY: u32 = 8u;
 // ---- end of Frame descriptor
 
+// ---- Correctly rounded division: identical in every kernel file that divides (a test checks).
+//
+// Vulkan lets `a / b` be off by up to 2.5 units in the last place, and GPUs use that freedom
+// (a reciprocal times `a`), while the CPU's division is correctly rounded. PDQ divides in its
+// running averages and its quality steps, so `exact_div(a, n)` takes the hardware quotient and
+// walks it to the correctly rounded one (to nearest, ties to even). Where division is already
+// exact (lavapipe) no step is taken; tests run the walk with the quotient nudged (DIV_NUDGE).
+//
+// `n` is a whole number below 4096. The remainder a - q n is computed without any rounding: q
+// splits into two halves of at most 12 significant bits, whose products with n are exact;
+// a - qh n is exact by Sterbenz's lemma (qh n is within a factor of two of a); the rest are
+// multiples of q's last place, small enough to be exact. So a driver fusing these into
+// multiply-adds cannot change them either.
+
+// Tests only: nudges the hardware quotient by -2..+2 units in the last place first.
+override DIV_NUDGE: bool = false;
+
+fn exact_div(a: f32, n: f32) -> f32 {
+    var q = a / n;
+    if DIV_NUDGE {
+        let e = (bitcast<u32>(q) >> 23u) & 0xffu;
+        if e > 24u && e < 253u {
+            let k = (bitcast<u32>(a) * 2654435761u) >> 29u;
+            q = bitcast<f32>(bitcast<u32>(q) + k % 5u - 2u);
+        }
+    }
+    for (var step = 0u; step < 6u; step++) {
+        let bits = bitcast<u32>(q);
+        let e = (bits >> 23u) & 0xffu;
+        // zero, tiny, huge, infinite or NaN: no PDQ quotient is; leave it
+        if e <= 24u || e >= 253u {
+            break;
+        }
+        let qh = bitcast<f32>(bits & 0xfffff000u);
+        let ql = q - qh;
+        let r = (a - qh * n) - ql * n;
+        // half of n times q's last place, on the side away from zero and towards it (where the
+        // last place halves below a power of two)
+        let away = n * bitcast<f32>((e - 23u) << 23u) * 0.5;
+        var toward = away;
+        if (bits & 0x7fffffu) == 0u {
+            toward = away * 0.5;
+        }
+        // r > 0: the true quotient is above q
+        var above = away;
+        var below = toward;
+        if q < 0.0 {
+            above = toward;
+            below = away;
+        }
+        var up = r > above;
+        var down = r < -below;
+        // exactly halfway: to the neighbour with an even last bit
+        if (r == above || r == -below) && (bits & 1u) == 1u {
+            up = r > 0.0;
+            down = r < 0.0;
+        }
+        if !up && !down {
+            break;
+        }
+        // one step along the number line; its bit pattern counts the magnitude
+        if up == (q > 0.0) {
+            q = bitcast<f32>(bits + 1u);
+        } else {
+            q = bitcast<f32>(bits - 1u);
+        }
+    }
+    return q;
+}
+// ---- end of correctly rounded division
+
 const RESULT_WORDS: u32 = 68u;
 const HASH_BASE: u32 = 4u;
 
@@ -78,6 +150,13 @@ var<workgroup> partial: array<f32, 1024>;
 var<workgroup> block: array<f32, 256>;
 var<workgroup> gradient_sum: atomic<i32>;
 
+// A product, rounded to f32 before it is summed. naga marks no operation NoContraction, and
+// drivers may fuse a product and a sum into one multiply-add (one rounding, not the CPU's
+// two); `zero` is always 0 but read at run time, so the product has to be materialised.
+fn rounded(product: f32, zero: u32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(product) ^ zero);
+}
+
 fn d(i: u32, k: u32) -> f32 {
     let n = i * 64u + k;
     return matrix[n / 4u][n % 4u];
@@ -85,7 +164,7 @@ fn d(i: u32, k: u32) -> f32 {
 
 // Quantised gradient between two pixels of the decimated image, as `quality_metric` takes it.
 fn gradient(a: f32, b: f32) -> i32 {
-    return abs(i32(((a - b) * 100.0) / 255.0));
+    return abs(i32(exact_div((a - b) * 100.0, 255.0)));
 }
 
 // Cell (r, c) of dihedral variant `v`, in `pdq::DIHEDRAL_NAMES` order.
@@ -122,7 +201,8 @@ fn torben_median(v: u32) -> f32 {
     // Each round either returns or drops at least one distinct value from [lo, hi], so 256
     // rounds always suffice; the bound only makes that visible to the compiler.
     for (var round = 0u; round <= 256u; round++) {
-        let guess = (lo + hi) / 2.0;
+        // `/ 2.0` on the CPU: halving is exact, and a product is correctly rounded everywhere
+        let guess = (lo + hi) * 0.5;
         var less = 0u;
         var greater = 0u;
         var equal = 0u;
@@ -174,6 +254,7 @@ fn dct_main(
         return;
     }
     let a = frames[f].down_offset;
+    let zero = frames[f].zero;
     if t == 0u {
         atomicStore(&gradient_sum, 0);
     }
@@ -184,8 +265,7 @@ fn dct_main(
         let j = e % 64u;
         var sum: f32 = 0.0;
         for (var k = 0u; k < 64u; k++) {
-            let p = d(i, k) * down[a + k * 64u + j];
-            sum = sum + p;
+            sum = sum + rounded(d(i, k) * down[a + k * 64u + j], zero);
         }
         partial[e] = sum;
     }
@@ -211,8 +291,7 @@ fn dct_main(
         let j = t % 16u;
         var sum: f32 = 0.0;
         for (var k = 0u; k < 64u; k++) {
-            let p = partial[i * 64u + k] * d(j, k);
-            sum = sum + p;
+            sum = sum + rounded(partial[i * 64u + k] * d(j, k), zero);
         }
         block[t] = sum;
         results[frames[f].dct_offset + t] = bitcast<u32>(sum);

@@ -36,7 +36,8 @@ struct Frame {
     flags: u32,
     // Dihedral variants to hash: 1 (the original only) or 8.
     variants: u32,
-    pad0: u32,
+    // Always 0, but unknown to the compiler: see `rounded` in pdq_dct.wgsl.
+    zero: u32,
     pad1: u32,
     pad2: u32,
     // The 64 sampled columns and the 64 sampled rows, ascending.

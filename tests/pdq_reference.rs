@@ -237,8 +237,8 @@ fn hash_command_on_image_files() {
         distances[distances.len() / 2],
         high_quality_over_10
     );
-    assert!(
-        high_quality_over_10.is_empty(),
-        "upstream rule for another decoder (quality >= 80: within 10 bits) broken: {high_quality_over_10:?}"
-    );
+    // Not asserted: the upstream "quality >= 80: within 10 bits" rule for other decoders. Two
+    // rows published as `python-reference` (bridge-3-rotate-180, bridge-8-flip-minus-1) are 12
+    // bits from Meta's own C++ on libjpeg's pixels too (see the test above), so that rule does
+    // not hold for the published values themselves; the list above reports where we stand.
 }

@@ -339,7 +339,9 @@ struct FrameDesc {
     win_cols: u32,
     flags: u32,
     variants: u32,
-    pad: [u32; 3],
+    /// Always 0: the DCT kernel xors its products with it, so no compiler can fuse them.
+    zero: u32,
+    pad: [u32; 2],
     at_cols: [u32; DOWN],
     at_rows: [u32; DOWN],
 }
@@ -516,7 +518,7 @@ impl GpuHasher {
         .with_context(|| format!("open a device on {}", info.name))?;
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = build_pipelines(&device);
+        let pipelines = build_pipelines(&device, false);
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("the PDQ kernels do not build on {}: {e}", info.name);
         }
@@ -708,7 +710,8 @@ impl GpuHasher {
                 win_cols: if tiny { 0 } else { pdq::jarosz_window(h, DOWN) as u32 },
                 flags,
                 variants: if dihedral { 8 } else { 1 },
-                pad: [0; 3],
+                zero: 0,
+                pad: [0; 2],
                 at_cols: if tiny { [0; DOWN] } else { pdq::sample_positions(w) },
                 at_rows: if tiny { [0; DOWN] } else { pdq::sample_positions(h) },
             };
@@ -1181,7 +1184,9 @@ fn decode_record(words: &[u32]) -> PdqDihedral {
     }
 }
 
-fn build_pipelines(device: &wgpu::Device) -> Pipelines {
+/// The kernels' pipelines; `nudge_division` (tests only) makes the division walk start off
+/// the correctly rounded quotient.
+fn build_pipelines(device: &wgpu::Device, nudge_division: bool) -> Pipelines {
     use wgpu::{BindingType, BufferBindingType, ShaderStages};
     let entry = |binding: u32, ty: BufferBindingType| wgpu::BindGroupLayoutEntry {
         binding,
@@ -1219,7 +1224,15 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
     let luma_module = module("pdq_luma.wgsl", LUMA_WGSL);
     let box_module = module("pdq_box.wgsl", BOX_WGSL);
     let dct_module = module("pdq_dct.wgsl", DCT_WGSL);
-    let pipeline = |layout: &wgpu::BindGroupLayout, module: &wgpu::ShaderModule, entry: &str| {
+    let nudge: &[(&str, f64)] = if nudge_division {
+        &[("DIV_NUDGE", 1.0)]
+    } else {
+        &[]
+    };
+    let pipeline = |layout: &wgpu::BindGroupLayout,
+                    module: &wgpu::ShaderModule,
+                    entry: &str,
+                    constants: &[(&str, f64)]| {
         let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(entry),
             bind_group_layouts: &[Some(layout)],
@@ -1230,17 +1243,21 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
             layout: Some(&pl),
             module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                // every kernel writes its workgroup memory before reading it
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         })
     };
     Pipelines {
-        luma: pipeline(&luma_layout, &luma_module, "luma_main"),
-        rows: pipeline(&box_layout, &box_module, "box_rows"),
-        cols: pipeline(&box_layout, &box_module, "box_cols"),
-        rows_sampled: pipeline(&box_layout, &box_module, "box_rows_sampled"),
-        cols_sampled: pipeline(&box_layout, &box_module, "box_cols_sampled"),
-        dct: pipeline(&dct_layout, &dct_module, "dct_main"),
+        luma: pipeline(&luma_layout, &luma_module, "luma_main", &[]),
+        rows: pipeline(&box_layout, &box_module, "box_rows", nudge),
+        cols: pipeline(&box_layout, &box_module, "box_cols", nudge),
+        rows_sampled: pipeline(&box_layout, &box_module, "box_rows_sampled", nudge),
+        cols_sampled: pipeline(&box_layout, &box_module, "box_cols_sampled", nudge),
+        dct: pipeline(&dct_layout, &dct_module, "dct_main", nudge),
         luma_layout,
         box_layout,
         dct_layout,
@@ -1439,7 +1456,8 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
         let mut checked = 0;
         let mut failures = Vec::new();
-        let mut frame_blocks = Vec::new();
+        // blocks written out in several kernels: the frame descriptor, the division
+        let mut blocks: [Vec<(String, String)>; 2] = Default::default();
         for entry in std::fs::read_dir(&dir).expect("read shaders/") {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
@@ -1462,21 +1480,30 @@ mod tests {
             if let Err(e) = validator.validate(&module) {
                 failures.push(format!("{name}: {}", e.emit_to_string(&source)));
             }
-            let start = source.find("// ---- Frame descriptor");
-            let end = source.find("// ---- end of Frame descriptor");
-            if let (Some(s), Some(e)) = (start, end) {
-                frame_blocks.push((name, source[s..e].to_string()));
+            for (i, (begin, end)) in [
+                ("// ---- Frame descriptor", "// ---- end of Frame descriptor"),
+                ("// ---- Correctly rounded division", "// ---- end of correctly rounded"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if let (Some(s), Some(e)) = (source.find(begin), source.find(end)) {
+                    blocks[i].push((name.clone(), source[s..e].to_string()));
+                }
             }
         }
         assert!(checked >= 3, "found only {checked} .wgsl files in {}", dir.display());
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-        // the frame descriptor is written out in each kernel: the copies must agree
-        for (name, block) in &frame_blocks[1..] {
-            assert_eq!(
-                block, &frame_blocks[0].1,
-                "{name}: Frame differs from {}'s",
-                frame_blocks[0].0
-            );
+        assert_eq!(blocks[0].len(), checked, "every kernel declares Frame");
+        assert!(blocks[1].len() >= 2, "the box and DCT kernels divide exactly");
+        for copies in &blocks {
+            for (name, block) in &copies[1..] {
+                assert_eq!(
+                    block, &copies[0].1,
+                    "{name}: a shared block differs from {}'s",
+                    copies[0].0
+                );
+            }
         }
     }
 
