@@ -4,11 +4,13 @@
 // * the 16x16 DCT block, B = D A Dᵀ with D the 16x64 matrix of `pdq::dct_matrix()` uploaded
 //   as is (never computed here with WGSL's cos): T = D A first, each entry summed over k
 //   ascending in f32, then B = T Dᵀ the same way, exactly as `pdq::dct64_to_16`; a product
-//   and the running sum are two roundings, never a fused multiply-add;
-// * the quality, `pdq::quality_metric`: integer sums, so any order gives the same total;
+//   and the running sum are two roundings, never a fused multiply-add (`rounded`);
+// * the quality, `pdq::quality_metric`: each step `(a - b) * 100 / 255` correctly rounded
+//   (`exact_div`) and truncated; the sum is of integers, so any order gives the same total;
 // * per dihedral variant (`pdq::dihedral`: sign changes and transposition, both exact), the
-//   lower median by Torben's method (`pdq::torben_median`, same float steps) and the bits
-//   above it (`pdq::dct_to_bits`: bit k = row * 16 + column, in 16-bit word k / 16).
+//   lower median by Torben's method (`pdq::torben_median`, same float steps; its `/ 2.0` is
+//   `* 0.5` here, the same exact halving) and the bits above it (`pdq::dct_to_bits`: bit
+//   k = row * 16 + column, in 16-bit word k / 16).
 //
 // Result record per frame, RESULT_WORDS u32: quality, 3 zero words, then 8 hashes of 8 words,
 // each word holding two 16-bit hash words (word 2m in the low half, 2m + 1 in the high half).
@@ -78,8 +80,10 @@ const FLAG_TINY: u32 = 8u;
 // multiples of q's last place, small enough to be exact. So a driver fusing these into
 // multiply-adds cannot change them either.
 
-// Tests only: nudges the hardware quotient by -2..+2 units in the last place first.
+// Tests only: nudge the hardware quotient by -2..+2 units in the last place first; skip the
+// walk (to show that the nudge alone changes results).
 override DIV_NUDGE: bool = false;
+override DIV_WALK: bool = true;
 
 fn exact_div(a: f32, n: f32) -> f32 {
     var q = a / n;
@@ -89,6 +93,9 @@ fn exact_div(a: f32, n: f32) -> f32 {
             let k = (bitcast<u32>(a) * 2654435761u) >> 29u;
             q = bitcast<f32>(bitcast<u32>(q) + k % 5u - 2u);
         }
+    }
+    if !DIV_WALK {
+        return q;
     }
     for (var step = 0u; step < 6u; step++) {
         let bits = bitcast<u32>(q);

@@ -351,6 +351,7 @@ const _: () = assert!(std::mem::size_of::<FrameDesc>() == 576);
 /// Bytes each buffer needs for a set of frames.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sizes {
+    frames: u64,
     input: u64,
     plane: u64,
     kept: u64,
@@ -361,6 +362,7 @@ struct Sizes {
 impl Sizes {
     fn of(frame: &GpuFrame<'_>) -> Sizes {
         let fixed = Sizes {
+            frames: std::mem::size_of::<FrameDesc>() as u64,
             down: (DOWN * DOWN * 4) as u64,
             results: ((RESULT_WORDS + DCT_WORDS) * 4) as u64,
             ..Sizes::default()
@@ -379,6 +381,7 @@ impl Sizes {
 
     fn add(self, o: Sizes) -> Sizes {
         Sizes {
+            frames: self.frames + o.frames,
             input: self.input + o.input,
             plane: self.plane + o.plane,
             kept: self.kept + o.kept,
@@ -388,7 +391,8 @@ impl Sizes {
     }
 
     fn largest(&self) -> u64 {
-        self.input
+        self.frames
+            .max(self.input)
             .max(self.plane)
             .max(self.kept)
             .max(self.down)
@@ -518,7 +522,7 @@ impl GpuHasher {
         .with_context(|| format!("open a device on {}", info.name))?;
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = build_pipelines(&device, false);
+        let pipelines = build_pipelines(&device, &[]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("the PDQ kernels do not build on {}: {e}", info.name);
         }
@@ -577,7 +581,7 @@ impl GpuHasher {
         frames: &[GpuFrame<'_>],
         dihedral: bool,
     ) -> anyhow::Result<Vec<PdqDihedral>> {
-        self.run(frames, dihedral, None)
+        self.scoped(|g| g.run(frames, dihedral, None))
     }
 
     /// As [`hash_batch`](Self::hash_batch), with the phases run one after the other (no
@@ -588,8 +592,26 @@ impl GpuHasher {
         dihedral: bool,
     ) -> anyhow::Result<(Vec<PdqDihedral>, PhaseTimes)> {
         let mut times = PhaseTimes::default();
-        let out = self.run(frames, dihedral, Some(&mut times))?;
+        let out = self.scoped(|g| g.run(frames, dihedral, Some(&mut times)))?;
         Ok((out, times))
+    }
+
+    /// Runs `f` with wgpu's validation and out-of-memory errors returned as its error rather
+    /// than left to the device's default handler (a panic). After one, every buffer is
+    /// dropped, so the next batch allocates afresh.
+    fn scoped<T>(&mut self, f: impl FnOnce(&mut Self) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f(self);
+        let invalid = pollster::block_on(invalid.pop());
+        let oom = pollster::block_on(oom.pop());
+        match oom.or(invalid) {
+            Some(e) => {
+                self.sets = Default::default();
+                Err(anyhow!("GPU error on {}: {e}", self.info.name))
+            }
+            None => result,
+        }
     }
 
     fn run(
@@ -637,7 +659,9 @@ impl GpuHasher {
 
     /// The sets with a sub-batch in flight, oldest first.
     fn pending_order(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..2).filter(|&s| self.sets[s].in_flight.is_some()).collect();
+        let mut v: Vec<usize> = (0..2)
+            .filter(|&s| self.sets[s].in_flight.is_some())
+            .collect();
         v.sort_by_key(|&s| self.sets[s].in_flight.as_ref().map(|f| f.range.start));
         v
     }
@@ -651,12 +675,12 @@ impl GpuHasher {
             let s = Sizes::of(f);
             if s.largest() > cap {
                 bail!(
-                    "frame {i} ({}x{}) needs a {} MiB GPU buffer; {} allows {} MiB",
+                    "frame {i} ({}x{}) needs a {:.1} MiB GPU buffer; {} allows {:.1} MiB",
                     f.width(),
                     f.height(),
-                    s.largest() >> 20,
+                    s.largest() as f64 / f64::from(1 << 20),
                     self.info.name,
-                    cap >> 20
+                    cap as f64 / f64::from(1 << 20)
                 );
             }
             if i > start && (acc.add(s).largest() > cap || i - start >= self.max_sub_batch) {
@@ -706,14 +730,30 @@ impl GpuHasher {
                 down_offset: (sizes.down / 4) as u32,
                 result_offset: (i * RESULT_WORDS) as u32,
                 dct_offset: (n * RESULT_WORDS + i * DCT_WORDS) as u32,
-                win_rows: if tiny { 0 } else { pdq::jarosz_window(w, DOWN) as u32 },
-                win_cols: if tiny { 0 } else { pdq::jarosz_window(h, DOWN) as u32 },
+                win_rows: if tiny {
+                    0
+                } else {
+                    pdq::jarosz_window(w, DOWN) as u32
+                },
+                win_cols: if tiny {
+                    0
+                } else {
+                    pdq::jarosz_window(h, DOWN) as u32
+                },
                 flags,
                 variants: if dihedral { 8 } else { 1 },
                 zero: 0,
                 pad: [0; 2],
-                at_cols: if tiny { [0; DOWN] } else { pdq::sample_positions(w) },
-                at_rows: if tiny { [0; DOWN] } else { pdq::sample_positions(h) },
+                at_cols: if tiny {
+                    [0; DOWN]
+                } else {
+                    pdq::sample_positions(w)
+                },
+                at_rows: if tiny {
+                    [0; DOWN]
+                } else {
+                    pdq::sample_positions(h)
+                },
             };
             let s = Sizes::of(f);
             max_words = max_words.max(s.input / 4);
@@ -740,20 +780,95 @@ impl GpuHasher {
         use wgpu::BufferUsages as U;
         let storage = U::STORAGE | U::COPY_DST | U::COPY_SRC;
         let device = &self.device;
+        let cap = self.sub_batch_bytes;
         let set = &mut self.sets[s];
+        let sizes = &plan.sizes;
         let mut grew = false;
-        let desc_bytes = (plan.descs.len() * std::mem::size_of::<FrameDesc>()) as u64;
-        grew |= grow(device, &mut set.frames, desc_bytes, storage, "pdq frames", false);
-        if grow(device, &mut set.upload, plan.sizes.input, U::MAP_WRITE | U::COPY_SRC, "pdq upload", true) {
+        grew |= grow(
+            device,
+            &mut set.frames,
+            sizes.frames,
+            cap,
+            storage,
+            "pdq frames",
+            false,
+        );
+        let upload = U::MAP_WRITE | U::COPY_SRC;
+        if grow(
+            device,
+            &mut set.upload,
+            sizes.input,
+            cap,
+            upload,
+            "pdq upload",
+            true,
+        ) {
             set.upload_state = UploadState::Mapped;
         }
-        grew |= grow(device, &mut set.input, plan.sizes.input, storage, "pdq input", false);
-        grew |= grow(device, &mut set.plane_a, plan.sizes.plane, storage, "pdq plane a", false);
-        grew |= grow(device, &mut set.plane_b, plan.sizes.plane, storage, "pdq plane b", false);
-        grew |= grow(device, &mut set.kept, plan.sizes.kept, storage, "pdq kept", false);
-        grew |= grow(device, &mut set.down, plan.sizes.down, storage, "pdq down", false);
-        grew |= grow(device, &mut set.results, plan.sizes.results, storage, "pdq results", false);
-        grow(device, &mut set.readback, readback, U::MAP_READ | U::COPY_DST, "pdq readback", false);
+        grew |= grow(
+            device,
+            &mut set.input,
+            sizes.input,
+            cap,
+            storage,
+            "pdq input",
+            false,
+        );
+        grew |= grow(
+            device,
+            &mut set.plane_a,
+            sizes.plane,
+            cap,
+            storage,
+            "pdq plane a",
+            false,
+        );
+        grew |= grow(
+            device,
+            &mut set.plane_b,
+            sizes.plane,
+            cap,
+            storage,
+            "pdq plane b",
+            false,
+        );
+        grew |= grow(
+            device,
+            &mut set.kept,
+            sizes.kept,
+            cap,
+            storage,
+            "pdq kept",
+            false,
+        );
+        grew |= grow(
+            device,
+            &mut set.down,
+            sizes.down,
+            cap,
+            storage,
+            "pdq down",
+            false,
+        );
+        grew |= grow(
+            device,
+            &mut set.results,
+            sizes.results,
+            cap,
+            storage,
+            "pdq results",
+            false,
+        );
+        let read = U::MAP_READ | U::COPY_DST;
+        grow(
+            device,
+            &mut set.readback,
+            readback,
+            cap,
+            read,
+            "pdq readback",
+            false,
+        );
         if grew || set.groups.is_none() {
             let groups = self.bind_groups(s);
             self.sets[s].groups = Some(groups);
@@ -781,7 +896,11 @@ impl GpuHasher {
         let (frames, a, b) = (buf(&set.frames), buf(&set.plane_a), buf(&set.plane_b));
         let (kept, down) = (buf(&set.kept), buf(&set.down));
         BindGroups {
-            luma: group(&p.luma_layout, "pdq luma", &[frames, &self.lut, buf(&set.input), a]),
+            luma: group(
+                &p.luma_layout,
+                "pdq luma",
+                &[frames, &self.lut, buf(&set.input), a],
+            ),
             rows: group(&p.box_layout, "pdq rows", &[frames, a, b]),
             cols: group(&p.box_layout, "pdq cols", &[frames, b, a]),
             rows_sampled: group(&p.box_layout, "pdq rows sampled", &[frames, a, kept]),
@@ -832,7 +951,12 @@ impl GpuHasher {
     }
 
     /// Packs the frames' luma into set `s`'s mapped staging buffer and unmaps it.
-    fn fill_upload(&mut self, s: usize, frames: &[GpuFrame<'_>], plan: &Plan) -> anyhow::Result<()> {
+    fn fill_upload(
+        &mut self,
+        s: usize,
+        frames: &[GpuFrame<'_>],
+        plan: &Plan,
+    ) -> anyhow::Result<()> {
         if plan.sizes.input == 0 {
             return Ok(());
         }
@@ -935,9 +1059,7 @@ impl GpuHasher {
 
     fn encoder(&self) -> wgpu::CommandEncoder {
         self.device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("pdq"),
-            })
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pdq") })
     }
 
     /// Uploads and submits sub-batch `range` on set `s`, which must be idle. With `times`,
@@ -977,7 +1099,7 @@ impl GpuHasher {
         }
         let computing = Instant::now();
         self.encode_passes(&mut encoder, s, &plan, None);
-        if let Some(t) = times.as_deref_mut() {
+        if let Some(t) = times {
             let idx = self.queue.submit([encoder.finish()]);
             self.wait(idx)?;
             t.compute += computing.elapsed();
@@ -1040,6 +1162,13 @@ impl GpuHasher {
     /// Runs one batch through every kernel and reads back every stage's output, for tests
     /// and diagnostics (all 8 dihedral hashes). The batch must fit in one sub-batch.
     pub fn stage_outputs(&mut self, frames: &[GpuFrame<'_>]) -> anyhow::Result<Vec<StageOutputs>> {
+        self.scoped(|g| g.stage_outputs_unscoped(frames))
+    }
+
+    fn stage_outputs_unscoped(
+        &mut self,
+        frames: &[GpuFrame<'_>],
+    ) -> anyhow::Result<Vec<StageOutputs>> {
         for (i, f) in frames.iter().enumerate() {
             f.check(i)?;
         }
@@ -1078,7 +1207,13 @@ impl GpuHasher {
             .write_buffer(buf(&set.frames), 0, bytemuck::cast_slice(&plan.descs));
         let mut encoder = self.encoder();
         if plan.sizes.input > 0 {
-            encoder.copy_buffer_to_buffer(buf(&set.upload), 0, buf(&set.input), 0, plan.sizes.input);
+            encoder.copy_buffer_to_buffer(
+                buf(&set.upload),
+                0,
+                buf(&set.input),
+                0,
+                plan.sizes.input,
+            );
         }
         self.encode_passes(&mut encoder, s, &plan, Some(&luma_read));
         for ((src, size), dst) in sources.iter().zip(&reads) {
@@ -1133,8 +1268,16 @@ impl GpuHasher {
                 let dct = n * RESULT_WORDS + i * DCT_WORDS;
                 StageOutputs {
                     luma: luma[plane.clone()].to_vec(),
-                    rows: if blurred { rows[plane.clone()].to_vec() } else { Vec::new() },
-                    cols: if blurred { cols[plane].to_vec() } else { Vec::new() },
+                    rows: if blurred {
+                        rows[plane.clone()].to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    cols: if blurred {
+                        cols[plane].to_vec()
+                    } else {
+                        Vec::new()
+                    },
                     rows_sampled: kept[d.kept_offset as usize..][..d.height as usize * DOWN]
                         .to_vec(),
                     down: down[d.down_offset as usize..][..DOWN * DOWN].to_vec(),
@@ -1147,11 +1290,13 @@ impl GpuHasher {
     }
 }
 
-/// Allocates (or reallocates, larger) `slot` for `need` bytes; true when it did.
+/// Allocates (or reallocates, larger) `slot` for `need` bytes, at most `cap` (a multiple of
+/// 256 and at least `need`); true when it did.
 fn grow(
     device: &wgpu::Device,
     slot: &mut Option<wgpu::Buffer>,
     need: u64,
+    cap: u64,
     usage: wgpu::BufferUsages,
     label: &str,
     mapped: bool,
@@ -1160,8 +1305,9 @@ fn grow(
     if slot.as_ref().is_some_and(|b| b.size() >= need) {
         return false;
     }
-    // a quarter more than asked, so a slowly growing batch does not reallocate every time
-    let size = (need + need / 4).next_multiple_of(256);
+    // a quarter more than asked, so a slowly growing batch does not reallocate every time,
+    // but never more than a binding may hold
+    let size = (need + need / 4).next_multiple_of(256).min(cap).max(need);
     *slot = Some(device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size,
@@ -1184,9 +1330,9 @@ fn decode_record(words: &[u32]) -> PdqDihedral {
     }
 }
 
-/// The kernels' pipelines; `nudge_division` (tests only) makes the division walk start off
-/// the correctly rounded quotient.
-fn build_pipelines(device: &wgpu::Device, nudge_division: bool) -> Pipelines {
+/// The kernels' pipelines; `division` sets the box and DCT kernels' division overrides
+/// (`DIV_NUDGE`, `DIV_WALK`: tests only).
+fn build_pipelines(device: &wgpu::Device, division: &[(&str, f64)]) -> Pipelines {
     use wgpu::{BindingType, BufferBindingType, ShaderStages};
     let entry = |binding: u32, ty: BufferBindingType| wgpu::BindGroupLayoutEntry {
         binding,
@@ -1224,11 +1370,6 @@ fn build_pipelines(device: &wgpu::Device, nudge_division: bool) -> Pipelines {
     let luma_module = module("pdq_luma.wgsl", LUMA_WGSL);
     let box_module = module("pdq_box.wgsl", BOX_WGSL);
     let dct_module = module("pdq_dct.wgsl", DCT_WGSL);
-    let nudge: &[(&str, f64)] = if nudge_division {
-        &[("DIV_NUDGE", 1.0)]
-    } else {
-        &[]
-    };
     let pipeline = |layout: &wgpu::BindGroupLayout,
                     module: &wgpu::ShaderModule,
                     entry: &str,
@@ -1253,11 +1394,11 @@ fn build_pipelines(device: &wgpu::Device, nudge_division: bool) -> Pipelines {
     };
     Pipelines {
         luma: pipeline(&luma_layout, &luma_module, "luma_main", &[]),
-        rows: pipeline(&box_layout, &box_module, "box_rows", nudge),
-        cols: pipeline(&box_layout, &box_module, "box_cols", nudge),
-        rows_sampled: pipeline(&box_layout, &box_module, "box_rows_sampled", nudge),
-        cols_sampled: pipeline(&box_layout, &box_module, "box_cols_sampled", nudge),
-        dct: pipeline(&dct_layout, &dct_module, "dct_main", nudge),
+        rows: pipeline(&box_layout, &box_module, "box_rows", division),
+        cols: pipeline(&box_layout, &box_module, "box_cols", division),
+        rows_sampled: pipeline(&box_layout, &box_module, "box_rows_sampled", division),
+        cols_sampled: pipeline(&box_layout, &box_module, "box_cols_sampled", division),
+        dct: pipeline(&dct_layout, &dct_module, "dct_main", division),
         luma_layout,
         box_layout,
         dct_layout,
@@ -1277,7 +1418,11 @@ mod tests {
             return None;
         }
         let gpu = GpuHasher::new(AdapterChoice::Auto, true).expect("open a wgpu adapter");
-        eprintln!("adapter: {}", describe(0, gpu.adapter_info()));
+        let info = gpu.adapter_info();
+        eprintln!(
+            "adapter: {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        );
         Some(gpu)
     }
 
@@ -1334,7 +1479,10 @@ mod tests {
     impl TestFrame {
         fn luma8(w: usize, h: usize, stride: usize, limited: bool, seed: u64) -> Self {
             TestFrame {
-                name: format!("{w}x{h} stride {stride} {}", if limited { "limited" } else { "full" }),
+                name: format!(
+                    "{w}x{h} stride {stride} {}",
+                    if limited { "limited" } else { "full" }
+                ),
                 width: w,
                 height: h,
                 input: Input::Luma8 {
@@ -1436,7 +1584,9 @@ mod tests {
         if a.len() != b.len() {
             return Some(format!("{} values, expected {}", a.len(), b.len()));
         }
-        let bad: Vec<usize> = (0..a.len()).filter(|&i| a[i].to_bits() != b[i].to_bits()).collect();
+        let bad: Vec<usize> = (0..a.len())
+            .filter(|&i| a[i].to_bits() != b[i].to_bits())
+            .collect();
         let &first = bad.first()?;
         Some(format!(
             "{} of {} values differ, first at {first}: gpu {:e} cpu {:e}",
@@ -1481,8 +1631,14 @@ mod tests {
                 failures.push(format!("{name}: {}", e.emit_to_string(&source)));
             }
             for (i, (begin, end)) in [
-                ("// ---- Frame descriptor", "// ---- end of Frame descriptor"),
-                ("// ---- Correctly rounded division", "// ---- end of correctly rounded"),
+                (
+                    "// ---- Frame descriptor",
+                    "// ---- end of Frame descriptor",
+                ),
+                (
+                    "// ---- Correctly rounded division",
+                    "// ---- end of correctly rounded",
+                ),
             ]
             .into_iter()
             .enumerate()
@@ -1492,10 +1648,17 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 3, "found only {checked} .wgsl files in {}", dir.display());
+        assert!(
+            checked >= 3,
+            "found only {checked} .wgsl files in {}",
+            dir.display()
+        );
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
         assert_eq!(blocks[0].len(), checked, "every kernel declares Frame");
-        assert!(blocks[1].len() >= 2, "the box and DCT kernels divide exactly");
+        assert!(
+            blocks[1].len() >= 2,
+            "the box and DCT kernels divide exactly"
+        );
         for copies in &blocks {
             for (name, block) in &copies[1..] {
                 assert_eq!(
@@ -1515,14 +1678,54 @@ mod tests {
             ("pdq_box.wgsl", BOX_WGSL),
             ("pdq_dct.wgsl", DCT_WGSL),
         ] {
-            assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), text, "{name}");
+            assert_eq!(
+                std::fs::read_to_string(dir.join(name)).unwrap(),
+                text,
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn every_kernel_equals_its_cpu_twin() {
         let Some(mut gpu) = hasher() else { return };
+        let failures = stage_failures(&mut gpu, &mixed_batch());
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    /// Rebuilds the kernels with the division overrides.
+    fn with_division(gpu: &mut GpuHasher, constants: &[(&str, f64)]) {
+        gpu.pipelines = build_pipelines(&gpu.device, constants);
+        // bind groups belong to the old layouts
+        gpu.sets = Default::default();
+    }
+
+    #[test]
+    fn division_is_correctly_rounded_from_a_nudged_quotient() {
+        let Some(mut gpu) = hasher() else { return };
         let batch = mixed_batch();
+        // the nudge alone (-2..+2 units in the last place) changes results ...
+        with_division(&mut gpu, &[("DIV_NUDGE", 1.0), ("DIV_WALK", 0.0)]);
+        let failures = stage_failures(&mut gpu, &batch);
+        for stage in [
+            "box_rows",
+            "box_cols",
+            "box_rows_sampled",
+            "box_cols_sampled",
+        ] {
+            assert!(
+                failures.iter().any(|f| f.contains(&format!(": {stage}: "))),
+                "nudging left {stage} unchanged"
+            );
+        }
+        // ... and the walk takes every quotient back to the correctly rounded one
+        with_division(&mut gpu, &[("DIV_NUDGE", 1.0)]);
+        let failures = stage_failures(&mut gpu, &batch);
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    /// Every way the GPU's stage outputs differ from their CPU twins' on the same inputs.
+    fn stage_failures(gpu: &mut GpuHasher, batch: &[TestFrame]) -> Vec<String> {
         let frames: Vec<_> = batch.iter().map(TestFrame::gpu).collect();
         let outs = gpu.stage_outputs(&frames).unwrap();
         let mut failures = Vec::new();
@@ -1572,13 +1775,21 @@ mod tests {
                 fail(name, "box_cols_sampled", why);
             }
             let gpu_down: [[f32; DOWN]; DOWN] = square(&o.down);
-            let dct: Vec<f32> = pdq::dct64_to_16(&gpu_down).iter().flatten().copied().collect();
+            let dct: Vec<f32> = pdq::dct64_to_16(&gpu_down)
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
             if let Some(why) = differ(&o.dct, &dct) {
                 fail(name, "dct64_to_16", why);
             }
             let quality = pdq::quality_metric(&gpu_down);
             if o.quality != quality {
-                fail(name, "quality_metric", format!("gpu {} cpu {quality}", o.quality));
+                fail(
+                    name,
+                    "quality_metric",
+                    format!("gpu {} cpu {quality}", o.quality),
+                );
             }
             let gpu_dct: [[f32; DCT]; DCT] = square(&o.dct);
             let hashes = pdq::dihedral(&gpu_dct).map(|v| pdq::dct_to_bits(&v));
@@ -1592,7 +1803,7 @@ mod tests {
                 }
             }
         }
-        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+        failures
     }
 
     #[test]
@@ -1615,7 +1826,9 @@ mod tests {
                 t.name
             );
             assert!(
-                single[i].hashes[1..].iter().all(|h| *h == Hash256::default()),
+                single[i].hashes[1..]
+                    .iter()
+                    .all(|h| *h == Hash256::default()),
                 "{}: variants not asked for are zero",
                 t.name
             );
@@ -1644,8 +1857,16 @@ mod tests {
             assert!(times.compute > Duration::ZERO);
             for (i, t) in batch.iter().enumerate() {
                 let expected = cpu.hash_dihedral(t.pixels(), t.width, t.height);
-                assert_eq!(overlapped[i], expected, "round {round} frame {i} {}", t.name);
-                assert_eq!(profiled[i], expected, "round {round} frame {i} {} (profiled)", t.name);
+                assert_eq!(
+                    overlapped[i], expected,
+                    "round {round} frame {i} {}",
+                    t.name
+                );
+                assert_eq!(
+                    profiled[i], expected,
+                    "round {round} frame {i} {} (profiled)",
+                    t.name
+                );
             }
         }
     }
@@ -1662,7 +1883,10 @@ mod tests {
             limited: false,
         };
         let err = gpu.hash_batch(&[short], false).unwrap_err().to_string();
-        assert!(err.contains("frame 0") && err.contains("needs 400"), "{err}");
+        assert!(
+            err.contains("frame 0") && err.contains("needs 400"),
+            "{err}"
+        );
         let narrow = GpuFrame::Luma8 {
             data: &data,
             width: 10,
@@ -1699,12 +1923,21 @@ mod tests {
             .expect("index out of range");
         let text = format!("{err:#}");
         assert!(text.contains("out of range"), "{text}");
-        assert!(text.contains(&adapters[0].name), "lists the adapters: {text}");
+        assert!(
+            text.contains(&adapters[0].name),
+            "lists the adapters: {text}"
+        );
         let err = GpuHasher::new(AdapterChoice::Name("no such adapter 1234".into()), true)
             .err()
             .expect("name not found");
-        assert!(format!("{err:#}").contains("no adapter name contains"), "{err:#}");
-        if adapters.iter().all(|a| a.device_type == wgpu::DeviceType::Cpu) {
+        assert!(
+            format!("{err:#}").contains("no adapter name contains"),
+            "{err:#}"
+        );
+        if adapters
+            .iter()
+            .all(|a| a.device_type == wgpu::DeviceType::Cpu)
+        {
             let err = GpuHasher::new(AdapterChoice::Auto, false)
                 .err()
                 .expect("software only without allow_software");
@@ -1714,7 +1947,10 @@ mod tests {
         let name = adapters[0].name.to_uppercase();
         if let Ok(gpu) = GpuHasher::new(AdapterChoice::Name(name), true) {
             assert_eq!(gpu.adapter_info().name, adapters[0].name);
-            assert_eq!(gpu.is_software(), adapters[0].device_type == wgpu::DeviceType::Cpu);
+            assert_eq!(
+                gpu.is_software(),
+                adapters[0].device_type == wgpu::DeviceType::Cpu
+            );
         }
     }
 }
