@@ -286,3 +286,61 @@ fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
         "{metrics}"
     );
 }
+
+/// The live pipeline with `backend = "gpu"` on whatever adapter exists (lavapipe in CI): the
+/// stream showing known content alerts, the unrelated one does not, and the backend in use is
+/// exported. A machine without any Vulkan or GL driver must refuse to start instead.
+#[test]
+fn gpu_backend_hashes_live_streams_and_says_so() {
+    let known = known_clip();
+    let others = unrelated_clips();
+    let server = RtspServer::start(free_port(), &[("known", &known), ("other", &others[0])]);
+    let receiver = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    bank_from_clip(dir.path(), "known.pdq", &known);
+    let config = format!(
+        "[hash]\nbackend = \"gpu\"\nallow_software = true\nbatch = 8\n\n\
+         [[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
+         [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\n\
+         [[streams]]\nid = \"cam-known\"\nurl = \"{}\"\n\n\
+         [[streams]]\nid = \"cam-other\"\nurl = \"{}\"\n",
+        receiver.url(),
+        server.url("known"),
+        server.url("other")
+    );
+    if livewatch::hash::gpu::list_adapters().is_empty() {
+        eprintln!("\n*** SKIPPED: no wgpu adapter on this machine ***\n");
+        return;
+    }
+    let lw = Livewatch::start(dir, &config);
+    let records = wait_for(60, "an alert for the known stream", || {
+        let r = receiver.records();
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(
+        records[0]["body"]["data"]["stream_id"], "cam-known",
+        "{records:#?}"
+    );
+    wait_for(30, "frames of both streams hashed", || {
+        let s = lw.stream("cam-other");
+        (s["frames_hashed"].as_u64().unwrap_or(0) >= 3).then_some(())
+    });
+    let (_, metrics) = lw.get("/metrics");
+    assert!(
+        metrics.contains("livewatch_hash_backend_info{adapter=")
+            && metrics.contains("backend=\"gpu\""),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "livewatch_hash_gpu_errors_total"),
+        Some(0.0)
+    );
+    let records = receiver.records();
+    assert!(
+        records
+            .iter()
+            .all(|r| r["body"]["data"]["stream_id"] == "cam-known"),
+        "{records:#?}"
+    );
+    drop(lw);
+}

@@ -135,32 +135,50 @@ fn hash_command_on_image_files() {
         .iter()
         .map(|e| out.path().join(e["png"].as_str().unwrap()))
         .collect();
-    let run = Command::new(env!("CARGO_BIN_EXE_livewatch"))
-        .args(["hash", "--dihedral", "--backend", "cpu"])
-        .args(&pngs)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let stdout = String::from_utf8(run.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), manifest.len(), "one line per image:\n{stdout}");
-    for (line, e) in lines.iter().zip(&manifest) {
-        let fields: Vec<&str> = line.split(',').collect();
-        assert_eq!(fields.len(), 11, "hash,quality,8 variants,path: {line}");
-        assert_eq!(fields[0], e["pdq_hex"].as_str().unwrap(), "{line}");
-        assert_eq!(fields[1], e["quality"].to_string(), "{line}");
-        let dihedral: Vec<&str> = e["dihedral"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(&fields[2..10], &dihedral[..], "{line}");
-        assert!(fields[10].ends_with(e["png"].as_str().unwrap()), "{line}");
+    // the CPU path, and the GPU kernels on whatever adapter exists (lavapipe in CI)
+    let mut backends = vec![vec!["--backend", "cpu"]];
+    if !livewatch::hash::gpu::list_adapters().is_empty() {
+        backends.push(vec!["--backend", "gpu", "--allow-software"]);
+    } else {
+        eprintln!("\n*** SKIPPED: the GPU backend (no wgpu adapter) ***\n");
+    }
+    for backend in backends {
+        let run = Command::new(env!("CARGO_BIN_EXE_livewatch"))
+            .args(["hash", "--dihedral"])
+            .args(&backend)
+            .args(&pngs)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let stdout = String::from_utf8(run.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            manifest.len(),
+            "{backend:?}: one line per image:\n{stdout}"
+        );
+        for (line, e) in lines.iter().zip(&manifest) {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 11, "hash,quality,8 variants,path: {line}");
+            assert_eq!(
+                fields[0],
+                e["pdq_hex"].as_str().unwrap(),
+                "{backend:?}: {line}"
+            );
+            assert_eq!(fields[1], e["quality"].to_string(), "{line}");
+            let dihedral: Vec<&str> = e["dihedral"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(&fields[2..10], &dihedral[..], "{backend:?}: {line}");
+            assert!(fields[10].ends_with(e["png"].as_str().unwrap()), "{line}");
+        }
     }
 
     // a file that is not an image: reported, the others still hashed, exit status 1

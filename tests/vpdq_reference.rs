@@ -52,7 +52,11 @@ fn ours(video: &Path, seconds_per_hash: f64) -> Vec<Line> {
         .arg(video)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse(&String::from_utf8(out.stdout).unwrap())
 }
 
@@ -62,7 +66,11 @@ fn compare(name: &str, reference: &[Line], ours: &[Line]) -> (usize, usize, usiz
     let (mut exact, mut within, mut quality) = (0, 0, 0);
     for (r, o) in reference.iter().zip(ours) {
         assert_eq!(o.frame, r.frame, "{name}: frame numbers");
-        assert_eq!(o.timestamp, r.timestamp, "{name}: timestamp of frame {}", r.frame);
+        assert_eq!(
+            o.timestamp, r.timestamp,
+            "{name}: timestamp of frame {}",
+            r.frame
+        );
         let d = o.hash.distance(&r.hash);
         exact += usize::from(d == 0);
         within += usize::from(d <= 10);
@@ -91,7 +99,10 @@ fn report(total: (usize, usize, usize, usize)) -> f64 {
     total.2 as f64 / n
 }
 
-fn add(a: (usize, usize, usize, usize), b: (usize, usize, usize, usize)) -> (usize, usize, usize, usize) {
+fn add(
+    a: (usize, usize, usize, usize),
+    b: (usize, usize, usize, usize),
+) -> (usize, usize, usize, usize) {
     (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
 }
 
@@ -117,7 +128,11 @@ fn every_frame_against_the_threatexchange_reference_files() {
         total = add(total, compare(name, &reference, &ours(v, 0.0)));
     }
     let share = report(total);
-    assert!(share >= 0.95, "only {:.1} % of frames within 10 bits", share * 100.0);
+    assert!(
+        share >= 0.95,
+        "only {:.1} % of frames within 10 bits",
+        share * 100.0
+    );
 }
 
 #[test]
@@ -125,8 +140,16 @@ fn sampled_and_every_frame_against_the_vpdq_oracle() {
     let dir = tempfile::tempdir().unwrap();
     // B-frames and 30 fps; no B-frames and 25 fps; both with scene content that changes
     let clips = [
-        ("bframes-30fps", "testsrc2=size=640x360:rate=30", vec!["-bf", "2", "-g", "48"]),
-        ("25fps", "mandelbrot=size=480x270:rate=25", vec!["-bf", "0", "-g", "25"]),
+        (
+            "bframes-30fps",
+            "testsrc2=size=640x360:rate=30",
+            vec!["-bf", "2", "-g", "48"],
+        ),
+        (
+            "25fps",
+            "mandelbrot=size=480x270:rate=25",
+            vec!["-bf", "0", "-g", "25"],
+        ),
     ];
     let mut total = (0, 0, 0, 0);
     for (name, source, opts) in clips {
@@ -146,7 +169,11 @@ fn sampled_and_every_frame_against_the_vpdq_oracle() {
                 .arg(seconds.to_string())
                 .output()
                 .expect("run vpdq_oracle.py");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let reference = parse(&String::from_utf8(out.stdout).unwrap());
             assert!(!reference.is_empty());
             let label = format!("{name} seconds_per_hash={seconds}");
@@ -154,5 +181,9 @@ fn sampled_and_every_frame_against_the_vpdq_oracle() {
         }
     }
     let share = report(total);
-    assert!(share >= 0.95, "only {:.1} % of frames within 10 bits", share * 100.0);
+    assert!(
+        share >= 0.95,
+        "only {:.1} % of frames within 10 bits",
+        share * 100.0
+    );
 }
