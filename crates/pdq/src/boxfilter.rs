@@ -469,6 +469,8 @@ fn rows_u8_impl<T: Transpose>(
     }
 }
 
+// `T` (the instruction set) is unused: the portable code vectorises as it is
+#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 fn luma_rgb_impl<T>(rgb: &[u8], out: &mut [f32]) {
     for (o, p) in out.iter_mut().zip(rgb.chunks_exact(3)) {
@@ -505,6 +507,8 @@ fn rows_sampled_impl<T: Transpose>(
     }
 }
 
+// `T` (the instruction set) is unused: the portable code vectorises as it is
+#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
     slide_rows(

@@ -343,7 +343,7 @@ pub fn limited_to_full_lut() -> &'static [f32; 256] {
 
 /// Box-filter window per pass: half of a 1/64th block, rounded up.
 pub fn jarosz_window(old_dim: usize, new_dim: usize) -> usize {
-    (old_dim + 2 * new_dim - 1) / (2 * new_dim)
+    old_dim.div_ceil(2 * new_dim)
 }
 
 /// Where the 64 decimation samples fall along a dimension of `dim` pixels: the reference's
@@ -434,6 +434,7 @@ pub fn box_1d(input: &[f32], output: &mut [f32], len: usize, stride: usize, wind
 }
 
 /// The reference's heuristic: the sum of quantised gradients, scaled to 0..=100.
+#[allow(clippy::needless_range_loop)] // indexed as the reference is, rows i and i + 1
 pub fn quality_metric(b: &[[f32; DOWN]; DOWN]) -> u8 {
     let mut sum: i32 = 0;
     for i in 0..DOWN - 1 {
