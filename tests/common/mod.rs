@@ -43,7 +43,13 @@ pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
     if path.exists() {
         return path;
     }
-    let tmp = media_dir().join(format!("{name}.tmp.264"));
+    // tests running in parallel may make the same clip: each writes its own file, the first
+    // rename wins and the others' are equal
+    let tmp = media_dir().join(format!(
+        "{name}.tmp-{}-{:?}.264",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let status = Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -96,7 +102,11 @@ pub fn known_clip() -> PathBuf {
 pub fn known_clip_h265() -> PathBuf {
     let path = media_dir().join("known-mandelbrot.265");
     if !path.exists() {
-        let tmp = media_dir().join("known-mandelbrot.tmp.265");
+        let tmp = media_dir().join(format!(
+            "known-mandelbrot.tmp-{}-{:?}.265",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let status = Command::new("ffmpeg")
             .args([
                 "-hide_banner",
