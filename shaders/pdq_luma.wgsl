@@ -6,54 +6,7 @@
 //
 // One invocation per input word; workgroups tile x and y over a frame's words, z is the frame.
 
-// ---- Frame descriptor: identical in every kernel file (a test checks), and field for field
-// ---- `FrameDesc` in src/hash/gpu.rs (576 bytes).
-//
-// One dispatch covers a batch of frames of any sizes: each kernel finds its frame by index
-// and everything about it here. Windows and sample positions come from the CPU
-// implementation's own functions, so no kernel rounds a position.
-struct Frame {
-    width: u32,
-    height: u32,
-    // Input: first u32 word of the frame, and words per row. 8-bit luma is packed four pixels
-    // a word, least significant byte first; f32 luma is one pixel a word (its bits).
-    in_offset: u32,
-    in_stride: u32,
-    // First value of the frame in the full-size planes (luma, row pass, column pass).
-    plane_offset: u32,
-    // First value in the `height x 64` output of the sampled row pass.
-    kept_offset: u32,
-    // First value of the 64x64 decimated image.
-    down_offset: u32,
-    // First word of the result record: quality, 3 spare words, 8 hashes of 8 words.
-    result_offset: u32,
-    // First word of the 16x16 DCT block (f32 bits, in the result buffer).
-    dct_offset: u32,
-    // Box-filter windows along rows and along columns.
-    win_rows: u32,
-    win_cols: u32,
-    // FLAG_* bits.
-    flags: u32,
-    // Dihedral variants to hash: 1 (the original only) or 8.
-    variants: u32,
-    // Always 0, but unknown to the compiler: see `rounded` in pdq_dct.wgsl.
-    zero: u32,
-    pad1: u32,
-    pad2: u32,
-    // The 64 sampled columns and the 64 sampled rows, ascending.
-    at_cols: array<u32, 64>,
-    at_rows: array<u32, 64>,
-}
-
-// Limited-range 8-bit luma: expand through the table.
-const FLAG_LIMITED: u32 = 1u;
-// The input words are f32 luma, not packed 8-bit luma.
-const FLAG_F32: u32 = 2u;
-// Exactly 64x64: no blur, the luma is the decimated image.
-const FLAG_NO_BLUR: u32 = 4u;
-// A side below 5: hash 0 and quality 0; no pass touches the frame.
-const FLAG_TINY: u32 = 8u;
-// ---- end of Frame descriptor
+// Frame, FLAG_* and exact_div come from pdq_common.wgsl, put in front of this file when built.
 
 @group(0) @binding(0) var<storage, read> frames: array<Frame>;
 // The limited-to-full-range table, 256 values four to a vector (uniform arrays need 16-byte

@@ -34,6 +34,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::pdq::{self, Hash256, PdqDihedral, DCT, DOWN, MIN_HASHABLE_DIM};
 
+/// Put in front of each kernel file: the frame descriptor and the correctly rounded division.
+const COMMON_WGSL: &str = include_str!("../../shaders/pdq_common.wgsl");
 const LUMA_WGSL: &str = include_str!("../../shaders/pdq_luma.wgsl");
 const BOX_WGSL: &str = include_str!("../../shaders/pdq_box.wgsl");
 const DCT_WGSL: &str = include_str!("../../shaders/pdq_dct.wgsl");
@@ -1330,6 +1332,11 @@ fn decode_record(words: &[u32]) -> PdqDihedral {
     }
 }
 
+/// A kernel file with the shared declarations in front of it.
+fn kernel_source(kernel: &str) -> String {
+    format!("{COMMON_WGSL}\n{kernel}")
+}
+
 /// The kernels' pipelines; `division` sets the box and DCT kernels' division overrides
 /// (`DIV_NUDGE`, `DIV_WALK`: tests only).
 fn build_pipelines(device: &wgpu::Device, division: &[(&str, f64)]) -> Pipelines {
@@ -1364,7 +1371,7 @@ fn build_pipelines(device: &wgpu::Device, division: &[(&str, f64)]) -> Pipelines
     let module = |label: &str, source: &'static str| {
         device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
+            source: wgpu::ShaderSource::Wgsl(Cow::Owned(kernel_source(source))),
         })
     };
     let luma_module = module("pdq_luma.wgsl", LUMA_WGSL);
@@ -1603,18 +1610,27 @@ mod tests {
 
     #[test]
     fn every_wgsl_file_parses_and_validates() {
+        // each kernel file as it is built (the shared declarations in front), and the shared
+        // file alone
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
         let mut checked = 0;
         let mut failures = Vec::new();
-        // blocks written out in several kernels: the frame descriptor, the division
-        let mut blocks: [Vec<(String, String)>; 2] = Default::default();
         for entry in std::fs::read_dir(&dir).expect("read shaders/") {
             let path = entry.unwrap().path();
             if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
                 continue;
             }
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let source = std::fs::read_to_string(&path).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let source = if name == "pdq_common.wgsl" {
+                text
+            } else {
+                assert!(
+                    !text.contains("struct Frame"),
+                    "{name}: declares Frame again; it lives in pdq_common.wgsl"
+                );
+                kernel_source(&text)
+            };
             checked += 1;
             let module = match naga::front::wgsl::parse_str(&source) {
                 Ok(m) => m,
@@ -1630,50 +1646,20 @@ mod tests {
             if let Err(e) = validator.validate(&module) {
                 failures.push(format!("{name}: {}", e.emit_to_string(&source)));
             }
-            for (i, (begin, end)) in [
-                (
-                    "// ---- Frame descriptor",
-                    "// ---- end of Frame descriptor",
-                ),
-                (
-                    "// ---- Correctly rounded division",
-                    "// ---- end of correctly rounded",
-                ),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                if let (Some(s), Some(e)) = (source.find(begin), source.find(end)) {
-                    blocks[i].push((name.clone(), source[s..e].to_string()));
-                }
-            }
         }
         assert!(
-            checked >= 3,
+            checked >= 4,
             "found only {checked} .wgsl files in {}",
             dir.display()
         );
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-        assert_eq!(blocks[0].len(), checked, "every kernel declares Frame");
-        assert!(
-            blocks[1].len() >= 2,
-            "the box and DCT kernels divide exactly"
-        );
-        for copies in &blocks {
-            for (name, block) in &copies[1..] {
-                assert_eq!(
-                    block, &copies[0].1,
-                    "{name}: a shared block differs from {}'s",
-                    copies[0].0
-                );
-            }
-        }
     }
 
     #[test]
     fn the_kernels_built_in_are_the_files() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
         for (name, text) in [
+            ("pdq_common.wgsl", COMMON_WGSL),
             ("pdq_luma.wgsl", LUMA_WGSL),
             ("pdq_box.wgsl", BOX_WGSL),
             ("pdq_dct.wgsl", DCT_WGSL),
