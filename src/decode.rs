@@ -419,15 +419,18 @@ mod tests {
 /// One hashed frame of a video file, in vPDQ's terms.
 #[derive(Debug, Clone)]
 pub struct VideoFrameHash {
-    /// Index of the frame among all decoded frames, from 0.
+    /// Index of the frame among the frames the decoder returned (presentation order), from 0.
     pub frame_number: u64,
     pub hash: crate::hash::PdqHash,
-    /// `frame_number / average frame rate`, as vPDQ computes it.
+    /// `frame_number / average frame rate` as vPDQ computes it: a single-precision quotient
+    /// (held here widened to `f64`, exactly), so that it prints as vPDQ prints it.
     pub timestamp: f64,
 }
 
-/// One line as Meta's vpdq writes it: `frame_number,quality,pdq_hex,timestamp_seconds`, the
-/// timestamp with three decimals.
+/// One line as Meta's vpdq writes it: `frame_number,quality,pdq_hex,timestamp_seconds`. The
+/// quality is an integer, the hash 64 lowercase hex digits, the timestamp fixed-point with three
+/// decimals (C++ `std::fixed << std::setprecision(3)` of the single-precision value, which
+/// rounds the exact binary value as Rust's `{:.3}` does).
 pub fn vpdq_line(l: &VideoFrameHash) -> String {
     format!(
         "{},{},{},{:.3}",
@@ -435,11 +438,85 @@ pub fn vpdq_line(l: &VideoFrameHash) -> String {
     )
 }
 
-/// Hashes the frames of a video file: every frame when `seconds_per_hash` is 0, else one frame
-/// every `seconds_per_hash * fps` frames (vPDQ's rule).
+/// The pixels [`hash_video_file_with`] hands to PDQ for each decoded frame. Every choice hashes
+/// with the one PDQ implementation (`crate::hash::PdqHasher`); they differ only in how a decoded
+/// YUV frame becomes the image PDQ sees.
+///
+/// Measured on every frame of the nine ThreatExchange videos (3935 frames; libswscale 6 from
+/// FFmpeg 5.1 on x86-64; tests/vpdq_reference.rs prints these figures), as the share of frames
+/// whose hash is identical / within 10 bits:
+///
+/// | choice         | vs the published reference files | vs PyPI vpdq 0.2.5 on the same libav |
+/// | -------------- | -------------------------------- | ------------------------------------ |
+/// | `Luma`         | 56.9 % / 98.9 % (worst 66 bits)  | 53.9 % / 98.7 % (worst 78 bits)      |
+/// | `RgbVpdq`      | 47.2 % / 98.8 % (worst 76 bits)  | 100 % identical                      |
+/// | `RgbReference` | 98.0 % / 100 % (worst 2 bits)    | 47.2 % / 98.8 % (worst 76 bits)      |
+///
+/// The large distances are all on one flat, low-quality video (`doorknob-hd-no-bar`), where a
+/// rounding difference of one code value moves many DCT coefficients across the median.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VideoPixels {
+    /// The Y plane, expanded from limited to full range: what the live pipeline hashes (cheapest,
+    /// no colour conversion).
+    Luma,
+    /// RGB24 as vpdq 0.2.5 makes it: one swscale context from the decoder's pixel format to
+    /// RGB24 at the same size with `SWS_AREA` and no other flag (so libswscale's unscaled,
+    /// possibly SIMD, YUV-to-RGB converter, BT.601 coefficients, range from the pixel format),
+    /// then PDQ's luma from RGB. Identical pixels to vpdq on the same libswscale and CPU (vpdq's
+    /// C++ sums the luma in `f32` where `PdqHasher` sums in `f64` like `pdqhash`: no measured
+    /// frame's hash differed for it).
+    RgbVpdq,
+    /// RGB24 from swscale with `SWS_BICUBIC | SWS_ACCURATE_RND`: the generic scaler path
+    /// (bicubic chroma upsampling, exact rounding, no CPU-dependent shortcut). This reproduces
+    /// Meta's published vPDQ reference hashes (`vpdq/sample-hashes` in ThreatExchange), which
+    /// were evidently not made with the unscaled fast converter; the default.
+    #[default]
+    RgbReference,
+}
+
+impl VideoPixels {
+    fn scaler_flags(self) -> Option<ff::software::scaling::Flags> {
+        use ff::software::scaling::Flags;
+        match self {
+            VideoPixels::Luma => None,
+            VideoPixels::RgbVpdq => Some(Flags::AREA),
+            VideoPixels::RgbReference => Some(Flags::BICUBIC | Flags::ACCURATE_RND),
+        }
+    }
+}
+
+/// Hashes the frames of a video file the way Meta's vPDQ does, with the default
+/// [`VideoPixels`]. See [`hash_video_file_with`].
 pub fn hash_video_file(
     path: &std::path::Path,
     seconds_per_hash: f64,
+) -> anyhow::Result<Vec<VideoFrameHash>> {
+    hash_video_file_with(path, seconds_per_hash, VideoPixels::default())
+}
+
+/// Hashes the frames of a video file the way Meta's vPDQ (0.2.5, `hashVideoFile`) does:
+///
+/// - the first video stream of the file is decoded (slice threads, as vpdq asks for);
+/// - frames are numbered in the order the decoder returns them (presentation order, so B-frames
+///   are already in place), from 0;
+/// - the frame rate is the stream's average frame rate, or its real base frame rate when that is
+///   unknown; a file with neither is refused, as vpdq refuses it;
+/// - frame `n` is hashed when `n % every == 0`, `every` being `seconds_per_hash * rate`
+///   truncated to an integer, or 1 when that is 0 (so `seconds_per_hash` 0 hashes every frame);
+/// - its timestamp is `(n as f32) / (rate as f32)`, in single precision as vpdq computes it;
+/// - at the end of the file vpdq flushes the decoder by sending it an emptied packet, whose
+///   stream index is 0: when the video stream is not stream 0, that packet is ignored and the
+///   frames still held in the decoder (its reordering delay: two for typical H.264 with
+///   B-frames) are never returned. This is reproduced, so that the same files give the same
+///   lines.
+///
+/// Unlike vpdq, a packet the demuxer or the decoder rejects is skipped rather than ending the
+/// run (vpdq stops reading at the first error), and a frame smaller than PDQ's minimum gets
+/// quality 0 and the zero hash rather than an error.
+pub fn hash_video_file_with(
+    path: &std::path::Path,
+    seconds_per_hash: f64,
+    pixels: VideoPixels,
 ) -> anyhow::Result<Vec<VideoFrameHash>> {
     use anyhow::Context as _;
     crate::init_media();
@@ -447,27 +524,23 @@ pub fn hash_video_file(
         ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
     let stream = input
         .streams()
-        .best(ff::media::Type::Video)
+        .find(|s| s.parameters().medium() == ff::media::Type::Video)
         .with_context(|| format!("{}: no video stream", path.display()))?;
     let index = stream.index();
-    let rate = stream.avg_frame_rate();
-    let fps = if rate.denominator() != 0 && rate.numerator() > 0 {
-        f64::from(rate)
-    } else {
-        30.0
-    };
-    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
+    let fps = vpdq_frame_rate(stream.avg_frame_rate(), stream.rate())
+        .with_context(|| format!("{}: the video's frame rate is unknown", path.display()))?;
+    let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
+    // slice threads, as many as libavcodec chooses (count 0); the output is the same
+    ctx.set_threading(ff::codec::threading::Config::kind(
+        ff::codec::threading::Type::Slice,
+    ));
     let mut decoder = ctx
         .decoder()
         .video()
         .with_context(|| format!("{}: cannot decode its video", path.display()))?;
-    let every = if seconds_per_hash <= 0.0 {
-        1
-    } else {
-        ((seconds_per_hash * fps) as u64).max(1)
-    };
+    let every = vpdq_frame_interval(seconds_per_hash, fps);
+    let mut converter = FrameConverter::new(pixels, &decoder);
     let mut hasher = crate::hash::PdqHasher::new();
-    let mut scaler = None;
     let mut out = Vec::new();
     let mut frame_number = 0u64;
     let mut picture = ff::frame::Video::empty();
@@ -478,17 +551,11 @@ pub fn hash_video_file(
             if n % every != 0 {
                 continue;
             }
-            if let Some((luma, full)) = extract_luma(&picture, &mut scaler) {
-                let (w, h) = (picture.width() as usize, picture.height() as usize);
-                let hash = if full {
-                    hasher.hash_gray(&luma, w, h, w)
-                } else {
-                    hasher.hash_video_luma(&luma, w, h, w)
-                };
+            if let Some(hash) = converter.hash(&picture, &mut hasher) {
                 out.push(VideoFrameHash {
                     frame_number: n,
                     hash,
-                    timestamp: n as f64 / fps,
+                    timestamp: vpdq_timestamp(n, fps),
                 });
             }
         }
@@ -502,7 +569,166 @@ pub fn hash_video_file(
             drain(&mut decoder, &mut out);
         }
     }
-    decoder.send_eof()?;
-    drain(&mut decoder, &mut out);
+    // vpdq's end-of-file flush only reaches the decoder of stream 0 (see above)
+    if index == 0 {
+        decoder.send_eof()?;
+        drain(&mut decoder, &mut out);
+    }
     Ok(out)
+}
+
+/// vpdq's frame rate: the average frame rate, else the real base frame rate; `None` if zero.
+fn vpdq_frame_rate(avg: ff::Rational, base: ff::Rational) -> Option<f64> {
+    let usable = |r: ff::Rational| r.numerator() != 0 && r.denominator() != 0;
+    let rate = if usable(avg) { avg } else { base };
+    let fps = f64::from(rate.numerator()) / f64::from(rate.denominator());
+    (fps.is_finite() && fps != 0.0).then_some(fps)
+}
+
+/// vpdq's sampling interval in frames: `seconds_per_hash * fps` truncated, at least 1.
+fn vpdq_frame_interval(seconds_per_hash: f64, fps: f64) -> u64 {
+    // vpdq truncates to a C int; a negative or absurd product means "every frame" here
+    let every = (seconds_per_hash * fps).trunc();
+    if every >= 1.0 {
+        every.min(i32::MAX as f64) as u64
+    } else {
+        1
+    }
+}
+
+/// vpdq's timestamp: `(float)frame_number / (float)fps`, in single precision.
+fn vpdq_timestamp(frame_number: u64, fps: f64) -> f64 {
+    f64::from(frame_number as f32 / fps as f32)
+}
+
+/// Turns decoded frames into the pixels [`VideoPixels`] names and hashes them.
+struct FrameConverter {
+    pixels: VideoPixels,
+    /// For the RGB choices: the source format and size the context was made for, the context,
+    /// and the tightly packed RGB24 copy handed to PDQ.
+    rgb: Option<(
+        (ff::format::Pixel, u32, u32),
+        ff::software::scaling::Context,
+    )>,
+    rgb_frame: ff::frame::Video,
+    packed: Vec<u8>,
+    /// For `Luma`: the scaler of pixel formats whose Y plane is not directly usable.
+    luma_scaler: Option<(ff::format::Pixel, u32, u32, ff::software::scaling::Context)>,
+}
+
+impl FrameConverter {
+    fn new(pixels: VideoPixels, decoder: &ff::decoder::Video) -> Self {
+        let mut c = FrameConverter {
+            pixels,
+            rgb: None,
+            rgb_frame: ff::frame::Video::empty(),
+            packed: Vec::new(),
+            luma_scaler: None,
+        };
+        // vpdq makes its one context from the opened decoder's format and the stream's size
+        c.rgb_context(decoder.format(), decoder.width(), decoder.height());
+        c
+    }
+
+    /// The RGB24 context for frames of this format and size, made when first needed. vpdq
+    /// keeps the context of the decoder's initial format for the whole file; a frame that does
+    /// not fit it (a mid-stream change) gets a context of its own here.
+    fn rgb_context(
+        &mut self,
+        format: ff::format::Pixel,
+        w: u32,
+        h: u32,
+    ) -> Option<&mut ff::software::scaling::Context> {
+        let flags = self.pixels.scaler_flags()?;
+        if format == ff::format::Pixel::None || w == 0 || h == 0 {
+            return None;
+        }
+        let key = (format, w, h);
+        if self.rgb.as_ref().is_none_or(|(k, _)| *k != key) {
+            let ctx = ff::software::scaling::Context::get(
+                format,
+                w,
+                h,
+                ff::format::Pixel::RGB24,
+                w,
+                h,
+                flags,
+            )
+            .ok()?;
+            self.rgb = Some((key, ctx));
+            self.rgb_frame = ff::frame::Video::empty();
+        }
+        self.rgb.as_mut().map(|(_, c)| c)
+    }
+
+    fn hash(
+        &mut self,
+        picture: &ff::frame::Video,
+        hasher: &mut crate::hash::PdqHasher,
+    ) -> Option<crate::hash::PdqHash> {
+        let (w, h) = (picture.width(), picture.height());
+        if self.pixels == VideoPixels::Luma {
+            let (luma, full) = extract_luma(picture, &mut self.luma_scaler)?;
+            let (w, h) = (w as usize, h as usize);
+            return Some(if full {
+                hasher.hash_gray(&luma, w, h, w)
+            } else {
+                hasher.hash_video_luma(&luma, w, h, w)
+            });
+        }
+        self.rgb_context(picture.format(), w, h)?;
+        let (_, ctx) = self.rgb.as_mut()?;
+        ctx.run(picture, &mut self.rgb_frame).ok()?;
+        let (w, h) = (w as usize, h as usize);
+        let stride = self.rgb_frame.stride(0);
+        let data = self.rgb_frame.data(0);
+        self.packed.clear();
+        for row in 0..h {
+            self.packed
+                .extend_from_slice(&data[row * stride..row * stride + w * 3]);
+        }
+        Some(hasher.hash(crate::hash::Pixels::Rgb(&self.packed), w, h))
+    }
+}
+
+#[cfg(test)]
+mod vpdq_rules {
+    use super::*;
+
+    #[test]
+    fn frame_rate_falls_back_to_the_base_rate_and_refuses_zero() {
+        let r = ff::Rational::new;
+        assert_eq!(vpdq_frame_rate(r(30, 1), r(60, 1)), Some(30.0));
+        assert_eq!(vpdq_frame_rate(r(0, 1), r(25, 1)), Some(25.0));
+        assert_eq!(vpdq_frame_rate(r(0, 0), r(0, 0)), None);
+    }
+
+    #[test]
+    fn interval_truncates_like_a_c_int() {
+        assert_eq!(vpdq_frame_interval(0.0, 30.0), 1);
+        assert_eq!(vpdq_frame_interval(1.0, 30.0), 30);
+        assert_eq!(vpdq_frame_interval(1.0, 30000.0 / 1001.0), 29);
+        assert_eq!(vpdq_frame_interval(0.5, 25.0), 12);
+        assert_eq!(vpdq_frame_interval(1.0, 0.5), 1);
+    }
+
+    #[test]
+    fn timestamps_are_single_precision_and_print_with_three_decimals() {
+        let line = |n: u64, fps: f64| VideoFrameHash {
+            frame_number: n,
+            hash: crate::hash::PdqHash {
+                hash: Default::default(),
+                quality: 100,
+            },
+            timestamp: vpdq_timestamp(n, fps),
+        };
+        assert_eq!(vpdq_timestamp(1, 30.0), f64::from(1f32 / 30f32));
+        assert_eq!(
+            vpdq_line(&line(2, 30.0)),
+            format!("2,100,{},0.067", "0".repeat(64))
+        );
+        assert!(vpdq_line(&line(563, 30.0)).ends_with(",18.767"));
+        // an exact tie rounds to even, as C++ iostreams do
+        assert!(vpdq_line(&line(1, 16.0)).ends_with(",0.062"));
+    }
 }

@@ -107,7 +107,10 @@ pub async fn run(
         .expect("known clip");
     let hashes = {
         let p = known_path.clone();
-        tokio::task::spawn_blocking(move || crate::decode::hash_video_file(&p, 0.5)).await??
+        tokio::task::spawn_blocking(move || {
+            crate::decode::hash_video_file_with(&p, 0.5, crate::decode::VideoPixels::Luma)
+        })
+        .await??
     };
     let mut bank = String::from("# demo bank: frames of the known-4 clip\n");
     for h in &hashes {
