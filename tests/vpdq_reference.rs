@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{media_dir, repo, venv_python};
+use common::{ffmpeg_clip, repo, venv_python};
 use livewatch::decode::{hash_video_file_with, vpdq_line, VideoPixels};
 use livewatch::hash::Hash256;
 
@@ -304,26 +304,9 @@ fn pixel_paths_against_the_reference_files_and_the_vpdq_oracle() {
 /// A clip made once with the ffmpeg CLI into target/test-media (kept between runs); `args` are
 /// ffmpeg's arguments before the output file, separated by spaces.
 fn clip(name: &str, args: &str) -> PathBuf {
-    let path = media_dir().join(format!("{name}.mp4"));
-    if path.exists() {
-        return path;
-    }
-    // parallel tests may make the same clip: each writes its own file, the first rename wins
-    let tmp = media_dir().join(format!(
-        "{name}.tmp-{}-{:?}.mp4",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args.split_whitespace())
-        .args(["-c:v", "libx264", "-preset", "veryfast"])
-        .arg(&tmp)
-        .status()
-        .expect("ffmpeg runs (scripts/setup.sh installs it)");
-    assert!(status.success(), "ffmpeg failed for {name}");
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+    let mut all: Vec<&str> = args.split_whitespace().collect();
+    all.extend(["-c:v", "libx264", "-preset", "veryfast"]);
+    ffmpeg_clip(&format!("{name}.mp4"), &all)
 }
 
 /// Clips covering what changes vPDQ's lines: B-frame reordering, 25 and 30000/1001 fps, an

@@ -37,32 +37,43 @@ pub fn media_dir() -> PathBuf {
     d
 }
 
-/// A raw H.264 elementary stream (1 s GOP, no B-frames) from an ffmpeg lavfi source, made once.
-pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
-    let path = media_dir().join(format!("{name}.264"));
+/// A media file made once with the ffmpeg CLI into target/test-media (kept between runs):
+/// `args` are ffmpeg's arguments before the output file.
+pub fn ffmpeg_clip(file_name: &str, args: &[&str]) -> PathBuf {
+    let path = media_dir().join(file_name);
     if path.exists() {
         return path;
     }
     // tests running in parallel may make the same clip: each writes its own file, the first
     // rename wins and the others' are equal
     let tmp = media_dir().join(format!(
-        "{name}.tmp-{}-{:?}.264",
+        "tmp-{}-{:?}-{file_name}",
         std::process::id(),
         std::thread::current().id()
     ));
     let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(&tmp)
+        .status()
+        .expect("ffmpeg runs (scripts/setup.sh installs it)");
+    assert!(status.success(), "ffmpeg failed for {file_name}");
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// A raw H.264 elementary stream (1 s GOP, no B-frames) from an ffmpeg lavfi source, made once.
+pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
+    let seconds = seconds.to_string();
+    ffmpeg_clip(
+        &format!("{name}.264"),
+        &[
             "-f",
             "lavfi",
             "-i",
             lavfi,
-        ])
-        .args(["-t", &seconds.to_string()])
-        .args([
+            "-t",
+            &seconds,
             "-c:v",
             "libx264",
             "-preset",
@@ -71,8 +82,6 @@ pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
             "baseline",
             "-pix_fmt",
             "yuv420p",
-        ])
-        .args([
             "-g",
             "30",
             "-keyint_min",
@@ -83,13 +92,8 @@ pub fn h264_clip(name: &str, lavfi: &str, seconds: u32) -> PathBuf {
             "0",
             "-f",
             "h264",
-        ])
-        .arg(&tmp)
-        .status()
-        .expect("ffmpeg runs (scripts/setup.sh installs it)");
-    assert!(status.success(), "ffmpeg failed for {name}");
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+        ],
+    )
 }
 
 /// The four test clips. Visually unrelated on purpose: two variants of one synthetic pattern
@@ -100,39 +104,27 @@ pub fn known_clip() -> PathBuf {
 /// The known content re-encoded as H.265 (a different codec, so slightly different pixels).
 /// Closed GOPs: retina flags only IDR as random access.
 pub fn known_clip_h265() -> PathBuf {
-    let path = media_dir().join("known-mandelbrot.265");
-    if !path.exists() {
-        let tmp = media_dir().join(format!(
-            "known-mandelbrot.tmp-{}-{:?}.265",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let status = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "mandelbrot=size=640x360:rate=30",
-            ])
-            .args([
-                "-t", "4", "-c:v", "libx265", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-            ])
-            .args([
-                "-x265-params",
-                "keyint=30:min-keyint=30:scenecut=0:bframes=0:open-gop=0:log-level=error",
-            ])
-            .args(["-f", "hevc"])
-            .arg(&tmp)
-            .status()
-            .expect("ffmpeg runs");
-        assert!(status.success(), "ffmpeg failed for the H.265 clip");
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-    path
+    ffmpeg_clip(
+        "known-mandelbrot.265",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "mandelbrot=size=640x360:rate=30",
+            "-t",
+            "4",
+            "-c:v",
+            "libx265",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-x265-params",
+            "keyint=30:min-keyint=30:scenecut=0:bframes=0:open-gop=0:log-level=error",
+            "-f",
+            "hevc",
+        ],
+    )
 }
 
 pub fn unrelated_clips() -> Vec<PathBuf> {
