@@ -1,15 +1,20 @@
-//! The HTTP surface: Prometheus metrics, health and readiness, and the read-only stream API.
+//! The HTTP surface: Prometheus metrics, health and readiness, streams, banks, alerts
+//! (incidents, their events and deliveries, evidence) and webhook endpoints.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 
+use crate::alert::{AlertsHandle, StoredEvent};
+use crate::decide::Actor;
 use crate::metrics::metrics;
 use crate::stream::StreamStatus;
 
@@ -18,6 +23,7 @@ pub struct ApiState {
     pub streams: Arc<Vec<Arc<StreamStatus>>>,
     pub ready: Arc<AtomicBool>,
     pub banks: Arc<Vec<serde_json::Value>>,
+    pub alerts: AlertsHandle,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -28,6 +34,22 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/streams", get(list_streams))
         .route("/v1/streams/{id}", get(get_stream))
         .route("/v1/banks", get(list_banks))
+        .route("/v1/alerts", get(list_alerts))
+        .route("/v1/alerts/{id}", get(get_alert))
+        .route("/v1/alerts/{id}/thumbnail", get(get_thumbnail))
+        .route("/v1/alerts/{id}/acknowledge", post(acknowledge))
+        .route("/v1/alerts/{id}/resolve", post(resolve))
+        .route("/v1/webhooks", get(list_webhooks))
+        .route("/v1/webhooks/{name}/enable", post(enable_webhook))
+        .route("/v1/webhooks/{name}/dead-letters", get(dead_letters))
+        .route(
+            "/v1/webhooks/{name}/dead-letters/redeliver",
+            post(redeliver_all),
+        )
+        .route(
+            "/v1/webhooks/{name}/dead-letters/{event_id}/redeliver",
+            post(redeliver_one),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -65,4 +87,239 @@ async fn get_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
 
 async fn list_banks(State(s): State<ApiState>) -> impl IntoResponse {
     Json(json!({ "banks": *s.banks }))
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("API: {e:#}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    stream: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_alerts(State(s): State<ApiState>, q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: stream=<id> and limit=<1..1000> only",
+        );
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be 1 to 1000");
+    }
+    match s.alerts.store.incidents(q.stream.as_deref(), limit) {
+        Ok(list) => Json(json!({ "alerts": list })).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+fn event_json(ev: &StoredEvent) -> serde_json::Value {
+    json!({
+        "webhook_id": ev.event_id,
+        "event": ev.kind,
+        "created_at": crate::stream::rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ev.created_unix_ms)
+        ),
+    })
+}
+
+async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let store = &s.alerts.store;
+    let incident = match store.incident(&id) {
+        Ok(Some(i)) => i,
+        Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no alert with id {id:?}")),
+        Err(e) => return internal(e),
+    };
+    let events = match store.incident_events(&id) {
+        Ok(e) => e,
+        Err(e) => return internal(e),
+    };
+    let events: Vec<_> = events
+        .iter()
+        .map(|(ev, deliveries)| {
+            let mut v = event_json(ev);
+            v["deliveries"] = json!(deliveries
+                .iter()
+                .map(|(endpoint, d)| json!({
+                    "endpoint": endpoint,
+                    "status": d.status,
+                    "attempts": d.attempts,
+                    "last_status": d.last_status,
+                    "last_error": d.last_error,
+                }))
+                .collect::<Vec<_>>());
+            v
+        })
+        .collect();
+    let mut body = serde_json::to_value(&incident).expect("incident serialises");
+    body["events"] = json!(events);
+    Json(body).into_response()
+}
+
+async fn get_thumbnail(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    // ids are UUIDs: anything else cannot name a file of ours
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return error(StatusCode::NOT_FOUND, &format!("no alert with id {id:?}"));
+    }
+    match std::fs::read(crate::alert::thumbnail::path(&s.alerts.thumbnails, &id)) {
+        Ok(jpeg) => ([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            "no thumbnail for this alert (its bank does not allow storing evidence, or it has expired)",
+        ),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActorRequest {
+    by: Option<String>,
+    note: Option<String>,
+}
+
+fn actor(body: &Bytes) -> Result<Actor, Response> {
+    let req: ActorRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ActorRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be JSON {{\"by\": string, \"note\": string}} (both optional): {e}"),
+            )
+        })?
+    };
+    Ok(Actor {
+        by: req.by.unwrap_or_else(|| "api".into()),
+        at: crate::stream::rfc3339(std::time::SystemTime::now()),
+        note: req.note,
+    })
+}
+
+async fn acknowledge(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let by = match actor(&body) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    incident_change(&s, &id, s.alerts.acknowledge(&id, by).await)
+}
+
+async fn resolve(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let by = match actor(&body) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    incident_change(&s, &id, s.alerts.resolve(&id, by).await)
+}
+
+fn incident_change(
+    s: &ApiState,
+    id: &str,
+    r: anyhow::Result<Result<crate::decide::Incident, crate::decide::IncidentError>>,
+) -> Response {
+    match r {
+        Ok(Ok(incident)) => Json(incident).into_response(),
+        Ok(Err(e)) => match s.alerts.store.incident(id) {
+            Ok(Some(_)) => error(StatusCode::CONFLICT, &format!("{e} (it is already resolved)")),
+            _ => error(StatusCode::NOT_FOUND, &format!("no alert with id {id:?}")),
+        },
+        Err(e) => internal(e),
+    }
+}
+
+async fn list_webhooks(State(s): State<ApiState>) -> impl IntoResponse {
+    let list: Vec<_> = s.alerts.endpoints.iter().map(|e| e.view.lock().clone()).collect();
+    Json(json!({ "webhooks": list }))
+}
+
+fn endpoint<'a>(s: &'a ApiState, name: &str) -> Result<&'a crate::alert::EndpointHandle, Response> {
+    s.alerts
+        .endpoint(name)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("no webhook named {name:?}")))
+}
+
+async fn enable_webhook(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    let ep = match endpoint(&s, &name) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if ep.tx.send(crate::alert::deliver::Control::Enable(tx)).is_err() || rx.await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the delivery worker has stopped");
+    }
+    Json(ep.view.lock().clone()).into_response()
+}
+
+async fn dead_letters(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    if let Err(r) = endpoint(&s, &name) {
+        return r;
+    }
+    match s.alerts.store.dead_letters(&name) {
+        Ok(list) => {
+            let items: Vec<_> = list
+                .iter()
+                .map(|(ev, d)| {
+                    let mut v = event_json(ev);
+                    v["incident_id"] = json!(ev.incident_id);
+                    v["stream_id"] = json!(ev.stream_id);
+                    v["attempts"] = json!(d.attempts);
+                    v["last_status"] = json!(d.last_status);
+                    v["last_error"] = json!(d.last_error);
+                    v
+                })
+                .collect();
+            Json(json!({ "dead_letters": items })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn redeliver(s: &ApiState, name: &str, event_id: Option<&str>) -> Response {
+    let ep = match endpoint(s, name) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let seq = match event_id {
+        None => None,
+        Some(id) => match s.alerts.store.dead_letters(name) {
+            Ok(list) => match list.iter().find(|(ev, _)| ev.event_id == id) {
+                Some((ev, _)) => Some(ev.seq),
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        &format!("no dead letter {id:?} for webhook {name:?}"),
+                    )
+                }
+            },
+            Err(e) => return internal(e),
+        },
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if ep
+        .tx
+        .send(crate::alert::deliver::Control::Redeliver { seq, reply })
+        .is_err()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the delivery worker has stopped");
+    }
+    match rx.await {
+        Ok(Ok(n)) => Json(json!({ "requeued": n })).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the delivery worker has stopped"),
+    }
+}
+
+async fn redeliver_all(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
+    redeliver(&s, &name, None).await
+}
+
+async fn redeliver_one(
+    State(s): State<ApiState>,
+    Path((name, event_id)): Path<(String, String)>,
+) -> Response {
+    redeliver(&s, &name, Some(&event_id)).await
 }

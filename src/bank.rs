@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{BankFormat, BankSpec};
+use crate::decide::{Action, Severity};
 use crate::hash::Hash256;
 
 #[derive(Debug, Clone)]
@@ -28,6 +29,10 @@ pub struct Bank {
     /// Changes whenever the bank's content changes.
     pub version: String,
     pub distance: u32,
+    pub severity: Severity,
+    pub action: Action,
+    /// Whether evidence (thumbnails) of this bank's matches may be kept.
+    pub store_evidence: bool,
     entries: Vec<BankEntry>,
     limbs: Vec<[u64; 4]>,
 }
@@ -55,6 +60,9 @@ pub struct Match {
     pub threshold: u32,
     pub entry: BankEntry,
     pub distance: u32,
+    pub severity: Severity,
+    pub action: Action,
+    pub store_evidence: bool,
 }
 
 impl Bank {
@@ -66,13 +74,17 @@ impl Bank {
         let entries = match spec.format {
             BankFormat::Pdq => parse_pdq_lines(&text, &spec.path)?,
         };
-        Ok(Bank::from_entries(
+        let mut bank = Bank::from_entries(
             &spec.name,
             spec.path.clone(),
             spec.distance,
             entries,
             &text,
-        ))
+        );
+        bank.severity = spec.severity;
+        bank.action = spec.action;
+        bank.store_evidence = spec.store_evidence;
+        Ok(bank)
     }
 
     pub fn from_entries(
@@ -91,6 +103,9 @@ impl Bank {
             path,
             version,
             distance,
+            severity: Severity::Critical,
+            action: Action::Suspend,
+            store_evidence: false,
             entries,
             limbs,
         }
@@ -123,6 +138,9 @@ impl Bank {
             threshold: self.distance,
             entry: self.entries[i].clone(),
             distance,
+            severity: self.severity,
+            action: self.action,
+            store_evidence: self.store_evidence,
         })
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::decide::{Action, Policy, Reason, Severity};
 use crate::redact::RedactedUrl;
 
 /// A configuration problem, located in the file.
@@ -48,6 +49,43 @@ pub struct RawConfig {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub hash: HashConfig,
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
+}
+
+/// `[evidence]`: thumbnails of triggering frames, kept for banks and models that allow it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// Thumbnails older than this are deleted.
+    #[serde(default = "default_evidence_hours")]
+    pub retention_hours: f64,
+    /// The oldest thumbnails are deleted while all of them take more than this.
+    #[serde(default = "default_evidence_mb")]
+    pub max_mb: u64,
+    /// Width of a thumbnail in pixels (height follows the aspect ratio); frames are never enlarged.
+    #[serde(default = "default_thumb_width")]
+    pub thumbnail_width: u32,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: default_evidence_hours(),
+            max_mb: default_evidence_mb(),
+            thumbnail_width: default_thumb_width(),
+        }
+    }
+}
+
+fn default_evidence_hours() -> f64 {
+    168.0
+}
+fn default_evidence_mb() -> u64 {
+    1024
+}
+fn default_thumb_width() -> u32 {
+    480
 }
 
 /// `[hash]`: where PDQ runs.
@@ -119,12 +157,15 @@ impl std::str::FromStr for AdapterSelector {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: Spanned<String>,
+    /// Where the outbox and evidence live; defaults to systemd's `$STATE_DIRECTORY`.
+    pub state_dir: Option<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            state_dir: None,
         }
     }
 }
@@ -194,6 +235,8 @@ pub struct RawStream {
     pub id: Spanned<String>,
     pub url: Spanned<String>,
     pub sampling: Option<SamplingOverride>,
+    /// Anything the platform attaches (account, title, ...): carried by the stream's incidents.
+    pub metadata: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -213,6 +256,21 @@ pub struct RawBank {
     pub format: BankFormat,
     /// Overrides `[match].distance` for this bank.
     pub distance: Option<Spanned<u32>>,
+    #[serde(default = "default_bank_severity")]
+    pub severity: Severity,
+    #[serde(default = "default_bank_action")]
+    pub action: Action,
+    /// Whether thumbnails of this bank's matches may be stored (some lists cover material that
+    /// must never be kept).
+    #[serde(default)]
+    pub store_evidence: bool,
+}
+
+fn default_bank_severity() -> Severity {
+    Severity::Critical
+}
+fn default_bank_action() -> Action {
+    Action::Suspend
 }
 
 fn default_bank_format() -> BankFormat {
@@ -223,22 +281,44 @@ fn default_bank_format() -> BankFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
+    /// Names the endpoint in metrics, the API and the outbox; defaults to `webhook-<index>`.
+    pub name: Option<Spanned<String>>,
     pub url: Spanned<String>,
     /// Standard Webhooks secret: `whsec_` followed by base64.
-    pub secret: Spanned<String>,
+    pub secret: Option<Spanned<String>>,
+    /// Further secrets, all of which sign every message (for rotation).
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
     /// Seconds to wait for the receiver's answer to one attempt.
     #[serde(default = "default_webhook_timeout")]
     pub timeout_secs: f64,
-    /// Attempts per alert, the first included.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
+    /// Delays before the retries, in seconds (the first attempt is immediate).
+    #[serde(default = "default_retry_schedule")]
+    pub retry_schedule_secs: Spanned<Vec<f64>>,
+    /// Deliveries in flight at once to this endpoint.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Only incidents with these reasons (all when absent).
+    pub reasons: Option<Vec<Reason>>,
+    /// Only incidents at least this severe.
+    pub min_severity: Option<Severity>,
+    /// PEM file of the CA certificates to trust for this endpoint (instead of the system's).
+    pub ca_file: Option<Spanned<String>>,
+    /// PEM client certificate (chain) and key, for receivers that require mutual TLS.
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
 }
 
 fn default_webhook_timeout() -> f64 {
     5.0
 }
-fn default_attempts() -> u32 {
-    4
+/// The Standard Webhooks example schedule's shape (immediately, seconds, minutes), cut off
+/// after about 20 minutes: a takedown alert hours late is of no use to a live broadcast.
+fn default_retry_schedule() -> Spanned<Vec<f64>> {
+    Spanned::new(0..0, vec![5.0, 30.0, 120.0, 300.0, 600.0])
+}
+fn default_concurrency() -> usize {
+    8
 }
 
 /// `[match]`
@@ -273,22 +353,43 @@ fn default_min_quality() -> u8 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
-    /// After an alert for a stream and bank, further matches of that pair within this many
-    /// seconds are counted but not sent again.
+    /// After an incident resolves, no new incident opens for its stream and reason for this
+    /// many seconds (matches meanwhile are counted, not sent).
     #[serde(default = "default_cooldown")]
     pub cooldown_secs: f64,
+    /// At most one `updated` event per incident per this many seconds.
+    #[serde(default = "default_update_interval")]
+    pub update_interval_secs: f64,
+    /// An incident without new evidence for this long resolves by itself.
+    #[serde(default = "default_resolve_after")]
+    pub resolve_after_secs: f64,
+    /// Resolved incidents, and their delivered events, are kept this many days.
+    #[serde(default = "default_history_days")]
+    pub history_days: f64,
 }
 
 impl Default for AlertConfig {
     fn default() -> Self {
         Self {
             cooldown_secs: default_cooldown(),
+            update_interval_secs: default_update_interval(),
+            resolve_after_secs: default_resolve_after(),
+            history_days: default_history_days(),
         }
     }
 }
 
 fn default_cooldown() -> f64 {
     60.0
+}
+fn default_update_interval() -> f64 {
+    10.0
+}
+fn default_resolve_after() -> f64 {
+    120.0
+}
+fn default_history_days() -> f64 {
+    30.0
 }
 
 /// `[source]`: connection behaviour shared by all streams.
@@ -375,6 +476,7 @@ pub struct StreamSpec {
     pub id: String,
     pub url: Url,
     pub sampling: Sampling,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StreamSpec {
@@ -389,23 +491,55 @@ pub struct BankSpec {
     pub path: PathBuf,
     pub format: BankFormat,
     pub distance: u32,
+    pub severity: Severity,
+    pub action: Action,
+    pub store_evidence: bool,
 }
 
 #[derive(Clone)]
 pub struct WebhookSpec {
+    pub name: String,
     pub url: Url,
-    pub secret: String,
+    /// One or more `whsec_` secrets; every message is signed with each.
+    pub secrets: Vec<String>,
     pub timeout: Duration,
-    pub max_attempts: u32,
+    /// Delays before each retry; after the last one fails the message is dead-lettered.
+    pub retry_schedule: Vec<Duration>,
+    pub concurrency: usize,
+    pub reasons: Option<Vec<Reason>>,
+    pub min_severity: Option<Severity>,
+    /// PEM bytes of the CA bundle to trust instead of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM bytes of the client certificate chain followed by its key.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl WebhookSpec {
+    /// Whether this endpoint takes incidents of this reason and severity.
+    pub fn wants(&self, reason: Reason, severity: Severity) -> bool {
+        self.reasons.as_ref().is_none_or(|r| r.contains(&reason))
+            && self.min_severity.is_none_or(|m| severity >= m)
+    }
 }
 
 impl std::fmt::Debug for WebhookSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSpec")
+            .field("name", &self.name)
             .field("url", &RedactedUrl(&self.url).to_string())
-            .field("secret", &"<redacted>")
+            .field("secrets", &format!("<{} redacted>", self.secrets.len()))
             .finish()
     }
+}
+
+/// `[alerts]` and `[evidence]`, validated.
+#[derive(Debug, Clone)]
+pub struct AlertPolicy {
+    pub incidents: Policy,
+    pub history: Duration,
+    pub evidence_retention: Duration,
+    pub evidence_max_bytes: u64,
+    pub thumbnail_width: u32,
 }
 
 /// A validated configuration: the only form the pipeline accepts.
@@ -416,7 +550,8 @@ pub struct Config {
     pub banks: Vec<BankSpec>,
     pub webhooks: Vec<WebhookSpec>,
     pub matching: MatchConfig,
-    pub cooldown: Duration,
+    pub alerts: AlertPolicy,
+    pub state_dir: PathBuf,
     pub source: SourceConfig,
     pub pipeline: PipelineConfig,
     pub hash: HashConfig,
@@ -588,10 +723,24 @@ impl RawConfig {
                     "must be in (0, 240]".into(),
                 ));
             }
+            let metadata = match &s.metadata {
+                Some(t) => match serde_json::to_value(t) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => {
+                        return Err(err(
+                            Some(s.id.span()),
+                            format!("streams[{i}].metadata"),
+                            "must be a table of plain values".into(),
+                        ))
+                    }
+                },
+                None => serde_json::Map::new(),
+            };
             streams.push(StreamSpec {
                 id: id.clone(),
                 url,
                 sampling,
+                metadata,
             });
         }
 
@@ -635,48 +784,166 @@ impl RawConfig {
                 path,
                 format: b.format,
                 distance,
+                severity: b.severity,
+                action: b.action,
+                store_evidence: b.store_evidence,
             });
         }
 
-        let mut webhooks = Vec::with_capacity(self.webhooks.len());
+        let mut webhooks: Vec<WebhookSpec> = Vec::with_capacity(self.webhooks.len());
         for (i, w) in self.webhooks.iter().enumerate() {
+            let field = |f: &str| format!("webhooks[{i}].{f}");
+            let name = match &w.name {
+                Some(n) => {
+                    validate_id(n.get_ref()).map_err(|m| err(Some(n.span()), field("name"), m))?;
+                    n.get_ref().clone()
+                }
+                None => format!("webhook-{i}"),
+            };
+            if webhooks.iter().any(|o| o.name == name) {
+                return Err(err(
+                    w.name.as_ref().map(|n| n.span()).or(Some(w.url.span())),
+                    field("name"),
+                    format!("duplicate webhook name {name:?}"),
+                ));
+            }
             let url = Url::parse(w.url.get_ref())
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
                 .ok_or_else(|| {
                     err(
                         Some(w.url.span()),
-                        format!("webhooks[{i}].url"),
+                        field("url"),
                         "must be an http:// or https:// URL".into(),
                     )
                 })?;
-            standardwebhooks::Webhook::new(w.secret.get_ref())
-                .ok()
-                .filter(|_| {
-                    w.secret.get_ref().starts_with("whsec_") && w.secret.get_ref().len() > 6
-                })
-                .ok_or_else(|| {
-                    err(
-                        Some(w.secret.span()),
-                        format!("webhooks[{i}].secret"),
-                        "must be \"whsec_\" followed by base64".into(),
-                    )
-                })?;
-            positive(w.timeout_secs, &format!("webhooks[{i}].timeout_secs"))?;
-            if w.max_attempts == 0 {
+            let mut secrets = Vec::new();
+            for (f, s) in w
+                .secret
+                .iter()
+                .map(|s| ("secret".to_string(), s))
+                .chain(w.secrets.iter().enumerate().map(|(k, s)| (format!("secrets[{k}]"), s)))
+            {
+                standardwebhooks::Webhook::new(s.get_ref())
+                    .ok()
+                    .filter(|_| s.get_ref().starts_with("whsec_") && s.get_ref().len() > 6)
+                    .ok_or_else(|| {
+                        err(
+                            Some(s.span()),
+                            field(&f),
+                            "must be \"whsec_\" followed by base64".into(),
+                        )
+                    })?;
+                secrets.push(s.get_ref().clone());
+            }
+            if secrets.is_empty() {
                 return Err(err(
                     Some(w.url.span()),
-                    format!("webhooks[{i}].max_attempts"),
-                    "must be at least 1".into(),
+                    field("secret"),
+                    "a webhook needs `secret` or `secrets`".into(),
                 ));
             }
+            positive(w.timeout_secs, &field("timeout_secs"))?;
+            let schedule = w.retry_schedule_secs.get_ref();
+            if schedule.len() > 20 || schedule.iter().any(|d| !(d.is_finite() && *d >= 0.0 && *d <= 86400.0)) {
+                return Err(err(
+                    Some(w.retry_schedule_secs.span()),
+                    field("retry_schedule_secs"),
+                    "at most 20 delays, each 0 to 86400 seconds".into(),
+                ));
+            }
+            if w.concurrency == 0 || w.concurrency > 1024 {
+                return Err(err(
+                    Some(w.url.span()),
+                    field("concurrency"),
+                    "must be 1 to 1024".into(),
+                ));
+            }
+            let read = |f: &str, p: &Spanned<String>| {
+                std::fs::read(base.join(p.get_ref())).map_err(|e| {
+                    err(
+                        Some(p.span()),
+                        field(f),
+                        format!("cannot read {}: {e}", base.join(p.get_ref()).display()),
+                    )
+                })
+            };
+            let ca_pem = match &w.ca_file {
+                Some(p) => {
+                    let pem = read("ca_file", p)?;
+                    if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                        return Err(err(
+                            Some(p.span()),
+                            field("ca_file"),
+                            "holds no PEM certificate".into(),
+                        ));
+                    }
+                    Some(pem)
+                }
+                None => None,
+            };
+            let identity_pem = match (&w.client_cert_file, &w.client_key_file) {
+                (Some(c), Some(k)) => {
+                    let mut pem = read("client_cert_file", c)?;
+                    pem.push(b'\n');
+                    pem.extend(read("client_key_file", k)?);
+                    reqwest::Identity::from_pem(&pem).map_err(|e| {
+                        err(
+                            Some(c.span()),
+                            field("client_cert_file"),
+                            format!("not a PEM certificate and key pair: {e}"),
+                        )
+                    })?;
+                    Some(pem)
+                }
+                (None, None) => None,
+                (Some(c), None) | (None, Some(c)) => {
+                    return Err(err(
+                        Some(c.span()),
+                        field("client_cert_file"),
+                        "client_cert_file and client_key_file go together".into(),
+                    ))
+                }
+            };
             webhooks.push(WebhookSpec {
+                name,
                 url,
-                secret: w.secret.get_ref().clone(),
+                secrets,
                 timeout: secs(w.timeout_secs),
-                max_attempts: w.max_attempts,
+                retry_schedule: schedule.iter().map(|d| secs(*d)).collect(),
+                concurrency: w.concurrency,
+                reasons: w.reasons.clone(),
+                min_severity: w.min_severity,
+                ca_pem,
+                identity_pem,
             });
         }
+
+        for (v, f) in [
+            (self.alerts.update_interval_secs, "alerts.update_interval_secs"),
+            (self.alerts.resolve_after_secs, "alerts.resolve_after_secs"),
+            (self.alerts.history_days, "alerts.history_days"),
+            (self.evidence.retention_hours, "evidence.retention_hours"),
+        ] {
+            positive(v, f)?;
+        }
+        if !(16..=4096).contains(&self.evidence.thumbnail_width) {
+            return Err(err(
+                None,
+                "evidence.thumbnail_width".into(),
+                "must be 16 to 4096 pixels".into(),
+            ));
+        }
+        let state_dir = match &self.server.state_dir {
+            Some(d) => base.join(d.get_ref()),
+            None => match std::env::var_os("STATE_DIRECTORY") {
+                // systemd may list several, separated by ':'; the first is ours
+                Some(v) => PathBuf::from(
+                    v.to_string_lossy().split(':').next().unwrap_or_default(),
+                ),
+                None => PathBuf::from("/var/lib/livewatch"),
+            },
+        };
 
         Ok(Config {
             listen,
@@ -684,7 +951,18 @@ impl RawConfig {
             banks,
             webhooks,
             matching: self.matching,
-            cooldown: secs(self.alerts.cooldown_secs),
+            alerts: AlertPolicy {
+                incidents: Policy {
+                    update_interval: secs(self.alerts.update_interval_secs),
+                    resolve_after: secs(self.alerts.resolve_after_secs),
+                    cooldown: secs(self.alerts.cooldown_secs),
+                },
+                history: secs(self.alerts.history_days * 86400.0),
+                evidence_retention: secs(self.evidence.retention_hours * 3600.0),
+                evidence_max_bytes: self.evidence.max_mb.saturating_mul(1 << 20),
+                thumbnail_width: self.evidence.thumbnail_width,
+            },
+            state_dir,
             source: self.source,
             pipeline: self.pipeline,
             hash: self.hash,

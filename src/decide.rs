@@ -1,15 +1,24 @@
-//! The decision stage: turns matches into alerts, once per stream and bank per cooldown.
+//! The decision stage: turns detections into incidents.
+//!
+//! One incident is open per stream and reason. The first detection opens it (event `opened`);
+//! further evidence updates it, at most one `updated` event per `update_interval` so a stream
+//! that keeps matching produces one incident with updates rather than a flood. An incident
+//! resolves when no evidence arrived for `resolve_after`, or through the API; a new incident for
+//! the same stream and reason opens only after `cooldown` has passed since the resolution.
+//!
+//! The [`Decider`] is plain state and logic (it takes the time as an argument) so the policy is
+//! tested without a clock; the alert service (`crate::alert`) runs it, persists each event to the
+//! outbox and delivers it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-use tokio::sync::mpsc;
-use tracing::info;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bank::Match;
+use crate::decode::Frame;
 use crate::hash::Hash256;
 use crate::metrics::metrics;
 use crate::stream::{rfc3339, StreamKey};
@@ -25,134 +34,485 @@ pub struct Detection {
     pub pts_us: Option<i64>,
     /// Arrival of the frame's data at the appliance.
     pub arrival: Instant,
+    /// The decoded picture, for the evidence thumbnail.
+    pub frame: Option<Arc<Frame>>,
 }
 
-/// Why an alert was raised.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+/// Why an incident was opened.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// A sampled frame is within a bank's distance of a banked hash.
     HashMatch,
+    /// Enough frames of a stream window match one banked video.
+    VideoMatch,
+    /// A classifier is confident the stream shows violence.
+    Classifier,
 }
 
 impl Reason {
+    pub const ALL: [Reason; 3] = [Reason::HashMatch, Reason::VideoMatch, Reason::Classifier];
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::HashMatch => "hash_match",
+            Reason::VideoMatch => "video_match",
+            Reason::Classifier => "classifier",
         }
     }
 }
 
-/// Version of the alert body's `data` object; bumped on incompatible changes.
-pub const ALERT_SCHEMA_VERSION: u32 = 1;
+/// How serious a finding is; banks and models say which.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
 
-/// What the webhook receiver gets in `data`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Alert {
-    pub schema_version: u32,
-    pub alert_id: String,
-    pub reason: Reason,
-    pub stream_id: String,
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What the appliance recommends the platform does; ordered from mildest to strongest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Record it; no human needed yet.
+    Notify,
+    /// A person should look at the broadcast.
+    Review,
+    /// Take the broadcast down now (known content).
+    Suspend,
+}
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+/// The kind of an incident event; the webhook `type` is `livewatch.incident.<kind>`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Opened,
+    Updated,
+    Acknowledged,
+    Resolved,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::Updated => "updated",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::Resolved => "resolved",
+        }
+    }
+    pub fn webhook_type(self) -> String {
+        format!("livewatch.incident.{}", self.as_str())
+    }
+}
+
+/// A moment of evidence: when its frame arrived, and where it sits on the stream's clock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvidenceTime {
+    pub at: String,
+    pub pts_seconds: Option<f64>,
+}
+
+/// What a detection found. Tagged by `kind` so later reasons add their own shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    HashMatch {
+        bank: String,
+        bank_version: String,
+        item_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item_label: Option<String>,
+        distance: u32,
+        threshold: u32,
+        frame_hash: String,
+        matched_hash: String,
+        quality: u8,
+    },
+}
+
+/// One banked item that matched during an incident.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MatchedItem {
     pub bank: String,
     pub bank_version: String,
     pub item_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub item_label: Option<String>,
-    pub distance: u32,
-    pub threshold: u32,
-    pub frame_hash: String,
-    pub matched_hash: String,
-    pub quality: u8,
-    /// Presentation time of the frame on the stream's clock.
-    pub frame_pts_seconds: Option<f64>,
-    pub frame_arrived_at: String,
-    pub detected_at: String,
-    #[serde(skip)]
-    pub arrival: Option<Instant>,
+    pub best_distance: u32,
+    pub frames: u64,
 }
 
-impl Alert {
-    pub fn event_type(&self) -> String {
-        format!("livewatch.alert.{}", self.reason.as_str())
-    }
+/// Who closed or acknowledged an incident, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Actor {
+    pub by: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
-/// De-duplication state: the last alert per (stream, bank).
+/// The stream an incident is about, with whatever the platform attached to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamRef {
+    pub id: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Distinct items listed in an incident, at most (the count of evidence frames is unbounded).
+pub const MAX_ITEMS: usize = 32;
+
+/// An incident: what the API shows as an alert and what every webhook event carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Incident {
+    pub incident_id: String,
+    pub stream: StreamRef,
+    pub reason: Reason,
+    pub status: Status,
+    pub severity: Severity,
+    pub action: Action,
+    pub opened_at: String,
+    pub updated_at: String,
+    pub first_evidence: EvidenceTime,
+    pub last_evidence: EvidenceTime,
+    pub evidence_count: u64,
+    /// The latest evidence.
+    pub evidence: Evidence,
+    pub items: Vec<MatchedItem>,
+    /// API path of the evidence thumbnail, when one may be and was stored.
+    pub thumbnail: Option<String>,
+    pub acknowledged: Option<Actor>,
+    pub resolved: Option<Actor>,
+    /// Events emitted so far (the last one's `sequence`).
+    pub events: u32,
+}
+
+/// What the decision stage hands to the outbox: one event and the incident as it now stands.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub kind: EventKind,
+    pub incident: Incident,
+    /// Arrival of the frame that completed the condition (for the alert latency).
+    pub trigger_arrival: Option<SystemTime>,
+    /// Arrival of the first evidence frame (for the detection delay).
+    pub first_arrival: Option<SystemTime>,
+}
+
+/// The timing rules of incidents.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub update_interval: Duration,
+    pub resolve_after: Duration,
+    pub cooldown: Duration,
+}
+
+struct Open {
+    incident: Incident,
+    last_evidence: Instant,
+    last_sent: Instant,
+    /// Evidence arrived since the last event.
+    dirty: bool,
+    trigger: Option<SystemTime>,
+    first_arrival: Option<SystemTime>,
+}
+
+type Key = (Arc<str>, Reason);
+
+/// Incident state for every stream and reason.
 pub struct Decider {
-    cooldown: Duration,
-    last: HashMap<(StreamKey, Arc<str>), Instant>,
+    policy: Policy,
+    metadata: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+    open: HashMap<Key, Open>,
+    /// Resolved recently: no new incident before this instant.
+    cooling: HashMap<Key, Instant>,
+}
+
+/// Why an API request on an incident was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum IncidentError {
+    #[error("no open incident with id {0:?}")]
+    NotOpen(String),
+}
+
+fn wall(now: Instant, then: Instant) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(now.saturating_duration_since(then))
+        .unwrap_or_else(SystemTime::now)
 }
 
 impl Decider {
-    pub fn new(cooldown: Duration) -> Self {
+    pub fn new(policy: Policy) -> Self {
         Self {
-            cooldown,
-            last: HashMap::new(),
+            policy,
+            metadata: HashMap::new(),
+            open: HashMap::new(),
+            cooling: HashMap::new(),
         }
     }
 
-    /// An alert for this detection, or `None` while its stream and bank are in cooldown.
-    pub fn decide(&mut self, d: &Detection, now: Instant) -> Option<Alert> {
-        let key = (d.stream, d.found.bank.clone());
-        if let Some(prev) = self.last.get(&key) {
-            if now.duration_since(*prev) < self.cooldown {
+    /// Sets the metadata the platform attached to a stream (carried by its incidents).
+    pub fn set_metadata(&mut self, stream: &str, meta: serde_json::Map<String, serde_json::Value>) {
+        self.metadata.insert(stream.to_string(), meta);
+    }
+
+    /// Takes back incidents that were open when the appliance stopped, so new evidence updates
+    /// them instead of opening duplicates; without evidence they resolve as usual.
+    pub fn restore(&mut self, incident: Incident, now: Instant) {
+        let key = (Arc::from(incident.stream.id.as_str()), incident.reason);
+        self.open.insert(
+            key,
+            Open {
+                incident,
+                last_evidence: now,
+                last_sent: now,
+                dirty: false,
+                trigger: None,
+                first_arrival: None,
+            },
+        );
+    }
+
+    pub fn open_incidents(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Applies one detection. `thumbnail` is asked for an evidence image when the incident
+    /// has none and the bank allows storing one; it returns the image's API path.
+    pub fn detect(
+        &mut self,
+        d: &Detection,
+        now: Instant,
+        thumbnail: &mut dyn FnMut(&str, &Frame) -> Option<String>,
+    ) -> Option<Outgoing> {
+        let reason = Reason::HashMatch;
+        let key: Key = (d.stream_id.clone(), reason);
+        let arrived = wall(now, d.arrival);
+        let at = EvidenceTime {
+            at: rfc3339(arrived),
+            pts_seconds: d.pts_us.map(|p| p as f64 / 1e6),
+        };
+        let found = &d.found;
+        let evidence = Evidence::HashMatch {
+            bank: found.bank.to_string(),
+            bank_version: found.bank_version.clone(),
+            item_id: found.entry.item.to_string(),
+            item_label: found.entry.label.as_deref().map(str::to_string),
+            distance: found.distance,
+            threshold: found.threshold,
+            frame_hash: d.frame_hash.to_string(),
+            matched_hash: found.entry.hash.to_string(),
+            quality: d.quality,
+        };
+        let want_thumb = |inc: &Incident, t: &mut dyn FnMut(&str, &Frame) -> Option<String>| {
+            match (&d.frame, inc.thumbnail.is_none() && found.store_evidence) {
+                (Some(f), true) => t(&inc.incident_id, f),
+                _ => None,
+            }
+        };
+
+        if let Some(open) = self.open.get_mut(&key) {
+            let inc = &mut open.incident;
+            inc.evidence_count += 1;
+            inc.last_evidence = at;
+            inc.evidence = evidence;
+            inc.severity = inc.severity.max(found.severity);
+            inc.action = inc.action.max(found.action);
+            note_item(&mut inc.items, found);
+            if let Some(t) = want_thumb(inc, thumbnail) {
+                inc.thumbnail = Some(t);
+            }
+            open.last_evidence = now;
+            open.trigger = Some(arrived);
+            open.dirty = true;
+            if now.saturating_duration_since(open.last_sent) >= self.policy.update_interval {
+                return Some(self.emit(&key, EventKind::Updated, now));
+            }
+            return None;
+        }
+
+        if let Some(until) = self.cooling.get(&key) {
+            if now < *until {
                 metrics().alerts_suppressed.inc();
                 return None;
             }
+            self.cooling.remove(&key);
         }
-        self.last.insert(key, now);
-        let arrived_wall = SystemTime::now()
-            .checked_sub(now.saturating_duration_since(d.arrival))
-            .unwrap_or_else(SystemTime::now);
+
+        let stamp = rfc3339(SystemTime::now());
+        let mut incident = Incident {
+            incident_id: Uuid::now_v7().to_string(),
+            stream: StreamRef {
+                id: d.stream_id.to_string(),
+                metadata: self
+                    .metadata
+                    .get(&*d.stream_id)
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            reason,
+            status: Status::Open,
+            severity: found.severity,
+            action: found.action,
+            opened_at: stamp.clone(),
+            updated_at: stamp,
+            first_evidence: at.clone(),
+            last_evidence: at,
+            evidence_count: 1,
+            evidence,
+            items: Vec::new(),
+            thumbnail: None,
+            acknowledged: None,
+            resolved: None,
+            events: 0,
+        };
+        note_item(&mut incident.items, found);
+        incident.thumbnail = want_thumb(&incident, thumbnail);
         metrics()
             .alerts_raised
-            .with_label_values(&[Reason::HashMatch.as_str()])
+            .with_label_values(&[reason.as_str()])
             .inc();
-        metrics()
-            .detection_delay
-            .observe(now.saturating_duration_since(d.arrival).as_secs_f64());
-        Some(Alert {
-            schema_version: ALERT_SCHEMA_VERSION,
-            alert_id: Uuid::now_v7().to_string(),
-            reason: Reason::HashMatch,
-            stream_id: d.stream_id.to_string(),
-            bank: d.found.bank.to_string(),
-            bank_version: d.found.bank_version.clone(),
-            item_id: d.found.entry.item.to_string(),
-            item_label: d.found.entry.label.as_deref().map(str::to_string),
-            distance: d.found.distance,
-            threshold: d.found.threshold,
-            frame_hash: d.frame_hash.to_string(),
-            matched_hash: d.found.entry.hash.to_string(),
-            quality: d.quality,
-            frame_pts_seconds: d.pts_us.map(|p| p as f64 / 1e6),
-            frame_arrived_at: rfc3339(arrived_wall),
-            detected_at: rfc3339(SystemTime::now()),
-            arrival: Some(d.arrival),
-        })
+        self.open.insert(
+            key.clone(),
+            Open {
+                incident,
+                last_evidence: now,
+                last_sent: now,
+                dirty: true,
+                trigger: Some(arrived),
+                first_arrival: Some(arrived),
+            },
+        );
+        Some(self.emit(&key, EventKind::Opened, now))
+    }
+
+    /// Time-driven changes: coalesced updates that are due, and incidents without evidence
+    /// for `resolve_after`. Call it a few times per second.
+    pub fn tick(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let keys: Vec<Key> = self.open.keys().cloned().collect();
+        for key in keys {
+            let open = &self.open[&key];
+            if now.saturating_duration_since(open.last_evidence) >= self.policy.resolve_after {
+                let by = Actor {
+                    by: "livewatch".into(),
+                    at: rfc3339(SystemTime::now()),
+                    note: Some(format!(
+                        "no evidence for {} s",
+                        self.policy.resolve_after.as_secs_f64()
+                    )),
+                };
+                out.push(self.close(&key, by, now));
+            } else if open.dirty
+                && now.saturating_duration_since(open.last_sent) >= self.policy.update_interval
+            {
+                out.push(self.emit(&key, EventKind::Updated, now));
+            }
+        }
+        out
+    }
+
+    /// Acknowledges an open incident: it stays open and keeps collecting evidence.
+    pub fn acknowledge(
+        &mut self,
+        incident_id: &str,
+        by: Actor,
+        now: Instant,
+    ) -> Result<Outgoing, IncidentError> {
+        let key = self
+            .find(incident_id)
+            .ok_or_else(|| IncidentError::NotOpen(incident_id.into()))?;
+        let open = self.open.get_mut(&key).expect("found above");
+        open.incident.status = Status::Acknowledged;
+        open.incident.acknowledged = Some(by);
+        Ok(self.emit(&key, EventKind::Acknowledged, now))
+    }
+
+    /// Resolves an open incident; a new one for its stream and reason waits for the cooldown.
+    pub fn resolve(
+        &mut self,
+        incident_id: &str,
+        by: Actor,
+        now: Instant,
+    ) -> Result<Outgoing, IncidentError> {
+        let key = self
+            .find(incident_id)
+            .ok_or_else(|| IncidentError::NotOpen(incident_id.into()))?;
+        Ok(self.close(&key, by, now))
+    }
+
+    fn find(&self, incident_id: &str) -> Option<Key> {
+        self.open
+            .iter()
+            .find(|(_, o)| o.incident.incident_id == incident_id)
+            .map(|(k, _)| k.clone())
+    }
+
+    fn close(&mut self, key: &Key, by: Actor, now: Instant) -> Outgoing {
+        let mut open = self.open.remove(key).expect("open incident");
+        open.incident.status = Status::Resolved;
+        open.incident.resolved = Some(by);
+        self.cooling
+            .insert(key.clone(), now + self.policy.cooldown);
+        self.cooling.retain(|_, until| *until > now);
+        finish(&mut open, EventKind::Resolved, now)
+    }
+
+    fn emit(&mut self, key: &Key, kind: EventKind, now: Instant) -> Outgoing {
+        let open = self.open.get_mut(key).expect("open incident");
+        finish(open, kind, now)
     }
 }
 
-/// Runs the decision stage until the detection channel closes.
-pub async fn run(
-    mut rx: mpsc::Receiver<Detection>,
-    cooldown: Duration,
-    out: mpsc::UnboundedSender<Alert>,
-) {
-    let mut decider = Decider::new(cooldown);
-    while let Some(d) = rx.recv().await {
-        if let Some(alert) = decider.decide(&d, Instant::now()) {
-            info!(
-                stream = %alert.stream_id,
-                bank = %alert.bank,
-                item = %alert.item_id,
-                distance = alert.distance,
-                alert_id = %alert.alert_id,
-                "ALERT hash match"
-            );
-            if out.send(alert).is_err() {
-                break;
-            }
-        }
+fn finish(open: &mut Open, kind: EventKind, now: Instant) -> Outgoing {
+    open.incident.events += 1;
+    open.incident.updated_at = rfc3339(SystemTime::now());
+    open.last_sent = now;
+    let trigger = if open.dirty { open.trigger } else { None };
+    open.dirty = false;
+    Outgoing {
+        kind,
+        incident: open.incident.clone(),
+        trigger_arrival: trigger,
+        first_arrival: open.first_arrival.take(),
+    }
+}
+
+fn note_item(items: &mut Vec<MatchedItem>, m: &Match) {
+    if let Some(it) = items
+        .iter_mut()
+        .find(|i| *i.bank == *m.bank && *i.item_id == *m.entry.item)
+    {
+        it.frames += 1;
+        it.best_distance = it.best_distance.min(m.distance);
+        return;
+    }
+    if items.len() < MAX_ITEMS {
+        items.push(MatchedItem {
+            bank: m.bank.to_string(),
+            bank_version: m.bank_version.clone(),
+            item_id: m.entry.item.to_string(),
+            best_distance: m.distance,
+            frames: 1,
+        });
     }
 }
 
@@ -161,57 +521,170 @@ mod tests {
     use super::*;
     use crate::bank::BankEntry;
 
-    fn detection(stream: StreamKey, bank: &str) -> Detection {
+    fn detection(stream: &str, bank: &str, item: &str, at: Instant) -> Detection {
         Detection {
-            stream,
-            stream_id: format!("s{stream}").into(),
+            stream: 0,
+            stream_id: stream.into(),
             found: Match {
                 bank: bank.into(),
                 bank_version: "1-0".into(),
                 threshold: 31,
                 entry: BankEntry {
                     hash: Hash256::default(),
-                    item: "i".into(),
+                    item: item.into(),
                     label: None,
                 },
                 distance: 3,
+                severity: Severity::High,
+                action: Action::Suspend,
+                store_evidence: false,
             },
             frame_hash: Hash256::default(),
             quality: 80,
             pts_us: Some(1_500_000),
-            arrival: Instant::now(),
+            arrival: at,
+            frame: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            update_interval: Duration::from_secs(10),
+            resolve_after: Duration::from_secs(30),
+            cooldown: Duration::from_secs(60),
+        }
+    }
+
+    fn no_thumb(_: &str, _: &Frame) -> Option<String> {
+        None
+    }
+
+    /// Drives a decider with one detection per second for `secs` seconds, ticking in between.
+    fn run(d: &mut Decider, t0: Instant, from: u64, secs: u64, stream: &str) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for s in from..from + secs {
+            let now = t0 + Duration::from_secs(s);
+            out.extend(d.tick(now));
+            out.extend(d.detect(&detection(stream, "known", "v1", now), now, &mut no_thumb));
+        }
+        out
+    }
+
+    #[test]
+    fn a_minute_of_matches_is_one_incident_with_updates() {
+        let mut d = Decider::new(policy());
+        let t0 = Instant::now();
+        let mut events = run(&mut d, t0, 0, 60, "cam");
+        // the stream goes quiet: the incident resolves after 30 s without evidence
+        for s in 60..100 {
+            events.extend(d.tick(t0 + Duration::from_secs(s)));
+        }
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds[0], EventKind::Opened);
+        assert_eq!(*kinds.last().unwrap(), EventKind::Resolved);
+        let updates = kinds.iter().filter(|k| **k == EventKind::Updated).count();
+        // evidence every second for 60 s, at most one update per 10 s
+        assert_eq!(updates, 6, "{kinds:?}");
+        let ids: std::collections::HashSet<_> =
+            events.iter().map(|e| e.incident.incident_id.clone()).collect();
+        assert_eq!(ids.len(), 1, "one incident");
+        let last = &events.last().unwrap().incident;
+        assert_eq!(last.evidence_count, 60);
+        assert_eq!(last.events as usize, events.len());
+        assert_eq!(last.items[0].frames, 60);
+        assert_eq!(last.status, Status::Resolved);
+        // sequence numbers count up
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.incident.events as usize, i + 1);
         }
     }
 
     #[test]
-    fn cooldown_is_per_stream_and_bank() {
-        let mut d = Decider::new(Duration::from_secs(10));
-        let t = Instant::now();
-        assert!(d.decide(&detection(1, "a"), t).is_some());
-        assert!(d
-            .decide(&detection(1, "a"), t + Duration::from_secs(5))
-            .is_none());
-        assert!(d
-            .decide(&detection(2, "a"), t + Duration::from_secs(5))
-            .is_some());
-        assert!(d
-            .decide(&detection(1, "b"), t + Duration::from_secs(5))
-            .is_some());
-        assert!(d
-            .decide(&detection(1, "a"), t + Duration::from_secs(11))
-            .is_some());
+    fn cooldown_after_resolution_then_a_new_incident() {
+        let mut d = Decider::new(policy());
+        let t0 = Instant::now();
+        let first = run(&mut d, t0, 0, 1, "cam");
+        let id = first[0].incident.incident_id.clone();
+        let by = Actor {
+            by: "ops".into(),
+            at: String::new(),
+            note: None,
+        };
+        let r = d.resolve(&id, by.clone(), t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(r.kind, EventKind::Resolved);
+        assert_eq!(
+            d.resolve(&id, by, t0 + Duration::from_secs(3)).err(),
+            Some(IncidentError::NotOpen(id.clone()))
+        );
+        // within the cooldown: nothing
+        assert!(run(&mut d, t0, 10, 40, "cam").is_empty());
+        // after it: a new incident with a new id
+        let again = run(&mut d, t0, 63, 1, "cam");
+        assert_eq!(again[0].kind, EventKind::Opened);
+        assert_ne!(again[0].incident.incident_id, id);
     }
 
     #[test]
-    fn alert_carries_the_evidence() {
-        let mut d = Decider::new(Duration::ZERO);
-        let a = d.decide(&detection(4, "known"), Instant::now()).unwrap();
-        assert_eq!(a.stream_id, "s4");
-        assert_eq!(a.bank, "known");
-        assert_eq!(a.frame_pts_seconds, Some(1.5));
-        assert_eq!(a.event_type(), "livewatch.alert.hash_match");
-        let json = serde_json::to_value(&a).unwrap();
+    fn incidents_are_per_stream_and_acknowledgement_keeps_them_open() {
+        let mut d = Decider::new(policy());
+        let t0 = Instant::now();
+        let a = run(&mut d, t0, 0, 1, "a");
+        let b = run(&mut d, t0, 0, 1, "b");
+        assert_eq!(a[0].kind, EventKind::Opened);
+        assert_eq!(b[0].kind, EventKind::Opened);
+        assert_ne!(a[0].incident.incident_id, b[0].incident.incident_id);
+        let ack = d
+            .acknowledge(
+                &a[0].incident.incident_id,
+                Actor {
+                    by: "ops".into(),
+                    at: String::new(),
+                    note: Some("looking".into()),
+                },
+                t0 + Duration::from_secs(1),
+            )
+            .unwrap();
+        assert_eq!(ack.kind, EventKind::Acknowledged);
+        assert_eq!(ack.incident.status, Status::Acknowledged);
+        // evidence after the acknowledgement updates the same incident
+        let more = run(&mut d, t0, 20, 1, "a");
+        assert_eq!(more[0].kind, EventKind::Updated);
+        assert_eq!(more[0].incident.incident_id, a[0].incident.incident_id);
+        assert_eq!(d.open_incidents(), 2);
+    }
+
+    #[test]
+    fn a_pending_update_is_sent_by_the_tick() {
+        let mut d = Decider::new(policy());
+        let t0 = Instant::now();
+        run(&mut d, t0, 0, 3, "cam"); // opened at 0, evidence at 1 and 2 held back
+        assert!(d.tick(t0 + Duration::from_secs(5)).is_empty());
+        let due = d.tick(t0 + Duration::from_secs(10));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].kind, EventKind::Updated);
+        assert_eq!(due[0].incident.evidence_count, 3);
+        assert!(due[0].trigger_arrival.is_some());
+        // nothing new: no further update
+        assert!(d.tick(t0 + Duration::from_secs(21)).is_empty());
+    }
+
+    #[test]
+    fn the_body_carries_the_evidence_and_metadata() {
+        let mut d = Decider::new(policy());
+        let mut meta = serde_json::Map::new();
+        meta.insert("account_id".into(), "acct-9".into());
+        d.set_metadata("cam", meta);
+        let t0 = Instant::now();
+        let e = run(&mut d, t0, 0, 1, "cam").remove(0);
+        let json = serde_json::to_value(&e.incident).unwrap();
         assert_eq!(json["reason"], "hash_match");
-        assert!(json.get("arrival").is_none());
+        assert_eq!(json["severity"], "high");
+        assert_eq!(json["action"], "suspend");
+        assert_eq!(json["stream"]["metadata"]["account_id"], "acct-9");
+        assert_eq!(json["evidence"]["kind"], "hash_match");
+        assert_eq!(json["evidence"]["bank"], "known");
+        assert_eq!(json["first_evidence"]["pts_seconds"], 1.5);
+        let back: Incident = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e.incident);
     }
 }

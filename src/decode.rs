@@ -29,6 +29,34 @@ pub struct Frame {
     pub luma: Vec<u8>,
     /// Luma uses 0..=255 already (JPEG range) rather than 16..=235.
     pub full_range: bool,
+    /// The 4:2:0 chroma planes, when the picture has them: only evidence thumbnails use them.
+    pub chroma: Option<Chroma>,
+}
+
+/// Quarter-size U and V planes of a 4:2:0 picture, tightly packed.
+#[derive(Debug, Clone)]
+pub struct Chroma {
+    pub width: usize,
+    pub height: usize,
+    pub u: Vec<u8>,
+    pub v: Vec<u8>,
+}
+
+fn extract_chroma(picture: &ff::frame::Video) -> Option<Chroma> {
+    use ff::format::Pixel;
+    if !matches!(picture.format(), Pixel::YUV420P | Pixel::YUVJ420P) {
+        return None;
+    }
+    let (w, h) = (
+        (picture.width() as usize).div_ceil(2),
+        (picture.height() as usize).div_ceil(2),
+    );
+    Some(Chroma {
+        width: w,
+        height: h,
+        u: copy_plane(picture, 1, w, h),
+        v: copy_plane(picture, 2, w, h),
+    })
 }
 
 /// Bounded queue of decoded frames. When full, the oldest frame *of the same stream* is
@@ -272,6 +300,7 @@ fn decode_unit(
                     height: picture.height() as usize,
                     luma,
                     full_range,
+                    chroma: extract_chroma(picture),
                 };
                 if let Some(victim) = out.push(frame) {
                     metrics()
@@ -372,6 +401,7 @@ mod tests {
             height: 1,
             luma: vec![tag],
             full_range: true,
+            chroma: None,
         }
     }
 

@@ -141,8 +141,9 @@ pub async fn run(
     });
 
     let mut toml = format!(
-        "[server]\nlisten = \"{listen}\"\n\n[alerts]\ncooldown_secs = 15\n\n\
-         [[banks]]\nname = \"known-violent\"\npath = \"known.pdq\"\n\n\
+        "[server]\nlisten = \"{listen}\"\nstate_dir = \"state\"\n\n\
+         [alerts]\ncooldown_secs = 15\nupdate_interval_secs = 5\nresolve_after_secs = 10\n\n\
+         [[banks]]\nname = \"known-violent\"\npath = \"known.pdq\"\nstore_evidence = true\n\n\
          [[webhooks]]\nurl = \"http://{hook_addr}/hook\"\nsecret = \"{SECRET}\"\n"
     );
     for (id, path) in &clips {
@@ -186,19 +187,23 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
         return StatusCode::BAD_REQUEST;
     };
     let d = &v["data"];
-    let latency = d["frame_arrived_at"]
+    let latency = d["last_evidence"]["at"]
         .as_str()
         .and_then(|t| {
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         })
         .map(|t| (time::OffsetDateTime::from(SystemTime::now()) - t).as_seconds_f64() * 1000.0);
     println!(
-        "ALERT stream={} reason={} bank={} item={} distance={} latency={} (signature verified)",
-        d["stream_id"].as_str().unwrap_or("?"),
+        "ALERT {} incident={} stream={} reason={} action={} bank={} item={} distance={} evidence_frames={} latency={} (signature verified)",
+        v["type"].as_str().unwrap_or("?"),
+        d["incident_id"].as_str().unwrap_or("?"),
+        d["stream"]["id"].as_str().unwrap_or("?"),
         d["reason"].as_str().unwrap_or("?"),
-        d["bank"].as_str().unwrap_or("?"),
-        d["item_id"].as_str().unwrap_or("?"),
-        d["distance"],
+        d["action"].as_str().unwrap_or("?"),
+        d["evidence"]["bank"].as_str().unwrap_or("?"),
+        d["evidence"]["item_id"].as_str().unwrap_or("?"),
+        d["evidence"]["distance"],
+        d["evidence_count"],
         latency
             .map(|l| format!("{l:.0} ms"))
             .unwrap_or_else(|| "?".into()),

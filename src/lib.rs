@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -48,17 +47,12 @@ pub fn init_media() {
     });
 }
 
-/// Hooks for embedding the pipeline (the demo uses them).
+/// Hooks for embedding the pipeline.
 #[derive(Default)]
 pub struct RunHooks {
-    /// Hears about every finished webhook delivery.
-    pub deliveries: Option<mpsc::UnboundedSender<alert::Delivery>>,
     /// Called once the pipeline runs and the listener is bound.
     pub on_ready: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
 }
-
-/// How long shutdown waits for undelivered alerts.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the appliance until `cancel` fires, then shuts down in bounded time.
 pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> anyhow::Result<()> {
@@ -115,7 +109,9 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         frames.clone(),
     );
 
-    let (det_tx, det_rx) = mpsc::channel::<Detection>(1024);
+    // The outbox first: a state directory that cannot be used stops the start here.
+    let (det_tx, det_rx) = crossbeam_channel::bounded::<Detection>(1024);
+    let alerts = alert::AlertService::start(&config, det_rx)?;
     // One thread drives a GPU (it batches across streams); on the CPU, one thread per core.
     let engine = hash::Engine::new(&config.hash)?;
     let backend = engine.info();
@@ -163,11 +159,6 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         .collect::<anyhow::Result<_>>()?;
     drop(det_tx);
 
-    let (alert_tx, alert_rx) = mpsc::unbounded_channel();
-    let dispatcher = alert::Dispatcher::new(&config.webhooks)?;
-    let delivery = tokio::spawn(dispatcher.run(alert_rx, DRAIN, hooks.deliveries));
-    let decide = tokio::spawn(decide::run(det_rx, config.cooldown, alert_tx));
-
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -183,6 +174,7 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
                 .map(|b| serde_json::json!({"name": &*b.name, "version": b.version, "hashes": b.len(), "distance": b.distance}))
                 .collect(),
         ),
+        alerts: alerts.handle.clone(),
     };
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
@@ -235,10 +227,11 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     {
         warn!("shutdown: decoder or hash threads did not finish in time");
     }
-    let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
-        let _ = decide.await;
-        let _ = delivery.await;
-    })
+    // the decision stage commits what the hash threads found, then deliveries get a last chance
+    let _ = tokio::time::timeout(
+        alert::DRAIN + Duration::from_secs(5),
+        alerts.shutdown(),
+    )
     .await;
     let _ = server.await;
     info!("stopped");
@@ -252,7 +245,7 @@ fn hash_thread(
     banks: &Banks,
     statuses: &[Arc<StreamStatus>],
     min_quality: u8,
-    tx: &mpsc::Sender<Detection>,
+    tx: &crossbeam_channel::Sender<Detection>,
 ) {
     let m = metrics();
     let mut fallback = PdqHasher::new();
@@ -303,19 +296,25 @@ fn hash_thread(
             m.stage_seconds
                 .with_label_values(&[stage::MATCH])
                 .observe(t.elapsed().as_secs_f64());
+            if found.is_empty() {
+                continue;
+            }
+            let (stream, pts_us, arrival) = (f.stream, f.pts_us, f.arrival);
+            let frame = Arc::new(f);
             for fm in found {
                 m.matches.with_label_values(&[&fm.bank]).inc();
                 status.note_match();
                 let d = Detection {
-                    stream: f.stream,
+                    stream,
                     stream_id: status.id.clone(),
                     found: fm,
                     frame_hash: h.hash,
                     quality: h.quality,
-                    pts_us: f.pts_us,
-                    arrival: f.arrival,
+                    pts_us,
+                    arrival,
+                    frame: Some(frame.clone()),
                 };
-                if tx.blocking_send(d).is_err() {
+                if tx.send(d).is_err() {
                     return;
                 }
             }

@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
     register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_vec_with_registry, Encoder, Histogram, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Registry, TextEncoder,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, Encoder, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,9 +31,14 @@ pub struct Metrics {
     pub bank_hashes: IntGaugeVec,
     pub alerts_raised: IntCounterVec,
     pub alerts_suppressed: IntCounter,
-    pub alerts_sent: IntCounter,
-    pub alerts_failed: IntCounter,
+    pub incident_events: IntCounterVec,
+    pub incidents_open: IntGauge,
+    pub outbox_pending: IntGaugeVec,
+    pub outbox_errors: IntCounter,
     pub webhook_attempts: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_dead_letters: IntGaugeVec,
+    pub webhook_endpoint_disabled: IntGaugeVec,
     pub stage_seconds: HistogramVec,
     pub alert_latency: Histogram,
     pub detection_delay: Histogram,
@@ -167,33 +172,68 @@ impl Metrics {
             .unwrap(),
             alerts_raised: register_int_counter_vec_with_registry!(
                 "livewatch_alerts_raised_total",
-                "Alerts raised by the decision stage, by reason",
+                "Incidents opened by the decision stage, by reason",
                 &["reason"],
                 r
             )
             .unwrap(),
             alerts_suppressed: register_int_counter_with_registry!(
                 "livewatch_alerts_suppressed_total",
-                "Matches not sent again because their stream and bank are in cooldown",
+                "Detections ignored because their stream and reason are in cooldown after an incident",
                 r
             )
             .unwrap(),
-            alerts_sent: register_int_counter_with_registry!(
-                "livewatch_alerts_sent_total",
-                "Alert deliveries acknowledged with 2xx by a webhook receiver",
+            incident_events: register_int_counter_vec_with_registry!(
+                "livewatch_incident_events_total",
+                "Incident events committed to the outbox, by reason and event (opened, updated, acknowledged, resolved)",
+                &["reason", "event"],
                 r
             )
             .unwrap(),
-            alerts_failed: register_int_counter_with_registry!(
-                "livewatch_alerts_failed_total",
-                "Alert deliveries abandoned after the last attempt",
+            incidents_open: register_int_gauge_with_registry!(
+                "livewatch_incidents_open",
+                "Incidents open or acknowledged, not yet resolved",
+                r
+            )
+            .unwrap(),
+            outbox_pending: register_int_gauge_vec_with_registry!(
+                "livewatch_outbox_pending",
+                "Events committed and not yet delivered, per webhook endpoint",
+                &["endpoint"],
+                r
+            )
+            .unwrap(),
+            outbox_errors: register_int_counter_with_registry!(
+                "livewatch_outbox_errors_total",
+                "Events that could not be committed to the outbox (disk failure)",
                 r
             )
             .unwrap(),
             webhook_attempts: register_int_counter_vec_with_registry!(
                 "livewatch_webhook_attempts_total",
-                "Webhook HTTP attempts by result (2xx, 4xx, 5xx, error)",
-                &["result"],
+                "Webhook HTTP attempts by endpoint and result (2xx, 4xx, 5xx, 410, 429, timeout, error)",
+                &["endpoint", "result"],
+                r
+            )
+            .unwrap(),
+            webhook_deliveries: register_int_counter_vec_with_registry!(
+                "livewatch_webhook_deliveries_total",
+                "Finished deliveries by endpoint and outcome (delivered, dead_letter)",
+                &["endpoint", "outcome"],
+                r
+            )
+            .unwrap(),
+            webhook_dead_letters: register_int_gauge_vec_with_registry!(
+                "livewatch_webhook_dead_letters",
+                "Events whose retries ran out, waiting in the dead-letter list, per endpoint",
+                &["endpoint"],
+                r
+            )
+            .unwrap(),
+            webhook_endpoint_disabled: register_int_gauge_vec_with_registry!(
+                "livewatch_webhook_endpoint_disabled",
+                "1 while an endpoint is disabled (it answered 410 Gone) until re-enabled",
+                &["endpoint"],
                 r
             )
             .unwrap(),
@@ -207,14 +247,14 @@ impl Metrics {
             .unwrap(),
             alert_latency: register_histogram_with_registry!(
                 "livewatch_alert_latency_seconds",
-                "From the arrival of the frame that completed an alert's condition to the receiver's 2xx",
+                "From the arrival of the frame that opened an incident to a receiver's 2xx for its opened event",
                 ALERT_BUCKETS.to_vec(),
                 r
             )
             .unwrap(),
             detection_delay: register_histogram_with_registry!(
                 "livewatch_detection_delay_seconds",
-                "From the arrival of the first evidence frame to the alert being raised",
+                "From the arrival of the first evidence frame to the opened event being committed",
                 ALERT_BUCKETS.to_vec(),
                 r
             )
