@@ -8,7 +8,7 @@ use common::*;
 fn alerts_for<'a>(records: &'a [serde_json::Value], stream: &str) -> Vec<&'a serde_json::Value> {
     records
         .iter()
-        .filter(|r| r["body"]["data"]["stream_id"] == stream)
+        .filter(|r| r["body"]["data"]["stream"]["id"] == stream)
         .collect()
 }
 
@@ -31,7 +31,7 @@ fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
     let dir = tempfile::tempdir().unwrap();
     bank_from_clip(dir.path(), "known.pdq", &known);
     let mut config = format!(
-        "[alerts]\ncooldown_secs = 2\n\n[[banks]]\nname = \"known-violent\"\npath = \"known.pdq\"\n\n\
+        "[alerts]\nupdate_interval_secs = 1\n\n[[banks]]\nname = \"known-violent\"\npath = \"known.pdq\"\n\n\
          [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n",
         receiver.url()
     );
@@ -43,7 +43,7 @@ fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
     }
     let lw = Livewatch::start(dir, &config);
 
-    // at least two alerts for each known stream (H.264 and H.265), every stream analysed a while
+    // an incident and an update for each known stream (H.264 and H.265), every stream analysed a while
     wait_for(
         90,
         "alerts for cam-2 and cam-4, 6 hashed frames on every stream",
@@ -67,7 +67,7 @@ fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
         .iter()
         .filter(|r| {
             !matches!(
-                r["body"]["data"]["stream_id"].as_str(),
+                r["body"]["data"]["stream"]["id"].as_str(),
                 Some("cam-2" | "cam-4")
             )
         })
@@ -77,19 +77,32 @@ fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
         "alerts for streams without known content: {strays:#?}"
     );
     let first = &alerts_for(&records, "cam-2")[0]["body"];
-    assert_eq!(first["type"], "livewatch.alert.hash_match");
-    assert_eq!(first["data"]["bank"], "known-violent");
+    assert_eq!(first["type"], "livewatch.incident.opened");
+    let evidence = &first["data"]["evidence"];
+    assert_eq!(evidence["bank"], "known-violent");
     assert_eq!(first["data"]["reason"], "hash_match");
-    assert!(first["data"]["distance"].as_u64().unwrap() <= 31);
-    assert!(first["data"]["quality"].as_u64().unwrap() >= 50);
-    assert!(first["data"]["item_id"]
+    assert_eq!(first["data"]["action"], "suspend");
+    assert!(evidence["distance"].as_u64().unwrap() <= 31);
+    assert!(evidence["quality"].as_u64().unwrap() >= 50);
+    assert!(evidence["item_id"]
         .as_str()
         .unwrap()
         .starts_with("known-frame-"));
+    // one incident per stream: the updates carry the same incident id
+    for stream in ["cam-2", "cam-4"] {
+        let a = alerts_for(&records, stream);
+        assert!(a[1..]
+            .iter()
+            .all(|r| r["body"]["type"] == "livewatch.incident.updated"
+                && r["body"]["data"]["incident_id"] == a[0]["body"]["data"]["incident_id"]));
+    }
     // the H.265 re-encode differs a little from the bank's H.264 frames, yet stays close
     let h265 = &alerts_for(&records, "cam-4")[0]["body"]["data"];
-    println!("H.265 re-encode matched at distance {}", h265["distance"]);
-    // webhook-id is the idempotency key: one per alert
+    println!(
+        "H.265 re-encode matched at distance {}",
+        h265["evidence"]["distance"]
+    );
+    // webhook-id is the idempotency key: one per event
     let ids: std::collections::HashSet<_> = records
         .iter()
         .map(|r| r["webhook_id"].as_str().unwrap())
@@ -97,10 +110,14 @@ fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
     assert_eq!(ids.len(), records.len());
 
     let (_, metrics) = lw.get("/metrics");
+    // the latency is observed for the two opened events
     let observed = metric(&metrics, "livewatch_alert_latency_seconds_count").unwrap_or(0.0);
-    assert!(observed >= 4.0, "alert latency not observed:\n{metrics}");
-    assert!(metric(&metrics, "livewatch_alerts_sent_total").unwrap() >= 4.0);
-    assert_eq!(metric(&metrics, "livewatch_alerts_failed_total"), Some(0.0));
+    assert!(observed >= 2.0, "alert latency not observed:\n{metrics}");
+    assert!(
+        metrics.contains("livewatch_webhook_deliveries_total{endpoint=\"webhook-0\",outcome=\"delivered\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("outcome=\"dead_letter\"} 1"), "{metrics}");
     assert!(
         metrics.contains("livewatch_streams{state=\"playing\"} 5"),
         "{metrics}"
@@ -124,7 +141,7 @@ fn streams_reconnect_after_the_rtsp_server_restarts() {
     let dir = tempfile::tempdir().unwrap();
     bank_from_clip(dir.path(), "known.pdq", &known);
     let config = format!(
-        "[alerts]\ncooldown_secs = 1\n\n[source]\nreconnect_min_secs = 0.2\nreconnect_max_secs = 2\n\n\
+        "[alerts]\nupdate_interval_secs = 1\n\n[source]\nreconnect_min_secs = 0.2\nreconnect_max_secs = 2\n\n\
          [[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
          [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\n\
          [[streams]]\nid = \"live\"\nurl = \"{}\"\n\n[[streams]]\nid = \"other\"\nurl = \"{}\"\n",
@@ -156,7 +173,7 @@ fn streams_reconnect_after_the_rtsp_server_restarts() {
         let fresh = records[before..]
             .iter()
             .filter(|r| {
-                r["body"]["data"]["stream_id"] == "live"
+                r["body"]["data"]["stream"]["id"] == "live"
                     && r["arrived_unix"].as_f64().unwrap() > gone
             })
             .count();
@@ -189,7 +206,7 @@ fn bad_streams_get_an_error_state_while_good_ones_keep_working_and_secrets_stay_
         .url("cam")
         .replace("rtsp://", "rtsp://viewer:s3cretpw@");
     let config = format!(
-        "[alerts]\ncooldown_secs = 1\n\n[source]\nreconnect_min_secs = 0.2\nreconnect_max_secs = 1\nstall_timeout_secs = 3\n\n\
+        "[alerts]\nupdate_interval_secs = 1\n\n[source]\nreconnect_min_secs = 0.2\nreconnect_max_secs = 1\nstall_timeout_secs = 3\n\n\
          [[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
          [[webhooks]]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n\n\
          [[streams]]\nid = \"good\"\nurl = \"{good}\"\n\n\
@@ -250,7 +267,7 @@ fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
     // a plain file source, replayed in real time: no RTSP server needed for this one
     let config = format!(
         "[alerts]\ncooldown_secs = 600\n\n[[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
-         [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nmax_attempts = 5\n\n\
+         [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry_schedule_secs = [0.2, 0.2, 0.2, 0.2]\n\n\
          [[streams]]\nid = \"file-1\"\nurl = \"file://{}\"\n",
         receiver.url(),
         known.display()
@@ -268,7 +285,7 @@ fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
         .iter()
         .map(|r| r["webhook_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 1, "one alert, one id across retries");
+    assert_eq!(ids.len(), 1, "one event, one id across retries");
     // every attempt carries its own timestamp and a signature that verifies for it
     assert!(
         records.iter().all(|r| r["verified"] == true),
@@ -280,9 +297,14 @@ fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
         .collect();
     assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
     let (_, metrics) = lw.get("/metrics");
-    assert_eq!(metric(&metrics, "livewatch_alerts_sent_total"), Some(1.0));
     assert!(
-        metrics.contains("livewatch_webhook_attempts_total{result=\"5xx\"} 2"),
+        metrics.contains(
+            "livewatch_webhook_deliveries_total{endpoint=\"webhook-0\",outcome=\"delivered\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("livewatch_webhook_attempts_total{endpoint=\"webhook-0\",result=\"5xx\"} 2"),
         "{metrics}"
     );
 }
@@ -318,7 +340,7 @@ fn gpu_backend_hashes_live_streams_and_says_so() {
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(
-        records[0]["body"]["data"]["stream_id"], "cam-known",
+        records[0]["body"]["data"]["stream"]["id"], "cam-known",
         "{records:#?}"
     );
     wait_for(30, "frames of both streams hashed", || {
@@ -339,7 +361,7 @@ fn gpu_backend_hashes_live_streams_and_says_so() {
     assert!(
         records
             .iter()
-            .all(|r| r["body"]["data"]["stream_id"] == "cam-known"),
+            .all(|r| r["body"]["data"]["stream"]["id"] == "cam-known"),
         "{records:#?}"
     );
     drop(lw);

@@ -10,7 +10,8 @@
 //! Outcomes: 2xx delivers (and makes every waiting retry of the endpoint due at once, since the
 //! receiver is evidently back); `410 Gone` disables the endpoint until the API re-enables it
 //! (its deliveries stay pending); 429, 502, 503 and 504 throttle the whole endpoint, for
-//! `Retry-After` when given; anything else is retried on the endpoint's schedule with ±20 %
+//! `Retry-After` when given (at most the schedule's longest delay or 5 minutes, whichever is
+//! longer), else for the schedule's next delay; anything else is retried on the endpoint's schedule with ±20 %
 //! jitter, and after the last retry the event becomes a dead letter.
 
 use std::collections::{BTreeMap, HashSet};
@@ -426,6 +427,7 @@ impl Worker {
         base.mul_f64(rand::rng().random_range(0.8..=1.2))
     }
 
+    /// The longest `Retry-After` honoured: the schedule's longest delay, at least 5 minutes.
     fn max_delay(&self) -> Duration {
         self.ep
             .spec
@@ -433,8 +435,8 @@ impl Worker {
             .iter()
             .copied()
             .max()
-            .unwrap_or(Duration::from_secs(60))
-            .max(Duration::from_secs(1))
+            .unwrap_or_default()
+            .max(Duration::from_secs(300))
     }
 
     async fn save(

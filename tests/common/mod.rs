@@ -214,33 +214,100 @@ pub struct Receiver {
     child: Child,
     pub port: u16,
     out: PathBuf,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+/// TLS files of an HTTPS receiver: its certificate and key, and the CA its clients must have.
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Receiver {
     pub fn start(fail_first: u32) -> Receiver {
+        Self::start_with(0, fail_first, None)
+    }
+
+    /// A receiver on `port` (0: any free one), optionally speaking HTTPS.
+    pub fn start_with(port: u16, fail_first: u32, tls: Option<&Tls>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("hooks.jsonl");
+        let mut args = vec![
+            "--secret".to_string(),
+            SECRET.to_string(),
+            "--out".to_string(),
+            out.display().to_string(),
+            "--fail-first".to_string(),
+            fail_first.to_string(),
+        ];
+        if let Some(t) = tls {
+            args.extend(["--tls-cert".into(), t.cert.display().to_string()]);
+            args.extend(["--tls-key".into(), t.key.display().to_string()]);
+            if let Some(ca) = &t.client_ca {
+                args.extend(["--client-ca".into(), ca.display().to_string()]);
+            }
+        }
+        let (child, port) = Self::spawn(port, &args);
+        Receiver {
+            child,
+            port,
+            out,
+            args,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(port: u16, args: &[String]) -> (Child, u16) {
         let mut child = Command::new(venv_python())
             .arg(repo().join("tests/support/webhook_receiver.py"))
-            .args(["--port", "0", "--secret", SECRET, "--out"])
-            .arg(&out)
-            .args(["--fail-first", &fail_first.to_string()])
+            .args(["--port", &port.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start webhook receiver");
         let port = wait_ready(&mut child, "webhook receiver");
-        Receiver {
-            child,
-            port,
-            out,
-            _dir: dir,
-        }
+        (child, port)
+    }
+
+    /// Takes the receiver down: connections to its port are refused.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Brings it back on the same port, appending to the same record file.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, port) = Self::spawn(self.port, &self.args);
+        assert_eq!(port, self.port);
+        self.child = child;
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn url_path(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Changes how POSTs to `path` are answered (see webhook_receiver.py), e.g.
+    /// `"status=500"` or `"status=429&retry_after=2&count=1"`; `"reset=1"` restores it.
+    pub fn set_mode(&self, path: &str, query: &str) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let (status, _) = http_get(addr, &format!("/_mode?path={path}&{query}")).unwrap();
+        assert_eq!(status, 200);
+    }
+
+    /// Records of POSTs to one path.
+    pub fn records_at(&self, path: &str) -> Vec<serde_json::Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["path"] == path)
+            .collect()
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {
@@ -274,7 +341,9 @@ impl Livewatch {
     /// `config` is the TOML without `[server]`; bank files must already be in `dir`.
     pub fn start(dir: tempfile::TempDir, config: &str) -> Livewatch {
         let port = free_port();
-        let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n{config}");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n{config}"
+        );
         let path = dir.path().join("livewatch.toml");
         std::fs::write(&path, text).unwrap();
         let log = dir.path().join("livewatch.log");
@@ -338,6 +407,23 @@ impl Livewatch {
             .unwrap_or_else(|| panic!("no stream {id}"))
     }
 
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http_request(self.addr, "POST", path, body).expect("livewatch answers HTTP")
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all) and hands back its folder.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> String {
         let _ = Command::new("kill")
@@ -361,11 +447,23 @@ impl Drop for Livewatch {
 
 /// A minimal HTTP/1.1 GET (enough for our own API).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "")
+}
+
+/// A minimal HTTP/1.1 request with a JSON body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;

@@ -2,18 +2,27 @@
 signature with the reference library (PyPI `standardwebhooks`).
 
     .venv/bin/python tests/support/webhook_receiver.py --port 0 --secret whsec_... --out FILE \
-        [--fail-first N]
+        [--fail-first N] [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
 
 Prints "READY <port>" once listening. POST (any path) -> 204 if the signature verifies, 400 if
 not; the first N POSTs are answered 503 instead (to exercise retries). GET /healthz -> 200.
+
+Behaviour per path can be changed while running, to play a receiver that fails, throttles,
+is gone or is slow: GET /_mode?path=/x&status=500&delay=0&retry_after=2&count=N makes the next
+N POSTs to /x (all of them without count) wait `delay` seconds, then answer `status` (with a
+Retry-After header when given) instead of the verdict. GET /_mode?path=/x&reset=1 restores it.
+With --tls-cert the receiver speaks HTTPS; with --client-ca it requires a client certificate
+signed by that CA.
 """
 import argparse
 import json
 import signal
+import ssl
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 from standardwebhooks import Webhook
 
@@ -24,6 +33,9 @@ def main():
     ap.add_argument("--secret", required=True, help="whsec_<base64>")
     ap.add_argument("--out", required=True, help="JSON-lines file, appended to")
     ap.add_argument("--fail-first", type=int, default=0, metavar="N")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--client-ca")
     args = ap.parse_args()
 
     try:
@@ -34,7 +46,7 @@ def main():
         ap.error(f"bad --secret: {e}")
 
     lock = threading.Lock()  # one counter and one file shared by the handler threads
-    state = {"posts": 0}
+    state = {"posts": 0, "modes": {}}
     out = open(args.out, "a", encoding="utf-8")
 
     class Handler(BaseHTTPRequestHandler):
@@ -63,6 +75,21 @@ def main():
                 self.rfile.readline()
 
         def do_GET(self):
+            url = urlparse(self.path)
+            if url.path == "/_mode":
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                with lock:
+                    if q.get("reset"):
+                        state["modes"].pop(q["path"], None)
+                    else:
+                        state["modes"][q["path"]] = {
+                            "status": int(q.get("status", 204)),
+                            "delay": float(q.get("delay", 0)),
+                            "retry_after": q.get("retry_after"),
+                            "count": int(q["count"]) if "count" in q else None,
+                        }
+                self.reply(200)
+                return
             self.reply(200 if self.path == "/healthz" else 404)
 
         def do_POST(self):
@@ -73,6 +100,12 @@ def main():
             with lock:
                 state["posts"] += 1
                 forced = state["posts"] <= args.fail_first
+                mode = state["modes"].get(self.path)
+                if mode is not None and mode["count"] is not None:
+                    mode["count"] -= 1
+                    if mode["count"] <= 0:
+                        state["modes"].pop(self.path, None)
+                mode = dict(mode) if mode else None
             try:
                 # verify() checks the 5-minute timestamp tolerance and any "v1,..." entry of the
                 # space-separated signature list, then json.loads the body: a correctly signed
@@ -96,14 +129,31 @@ def main():
                 "signature": headers.get("webhook-signature"),
                 "body": parsed,
                 "forced_failure": forced,  # always present: a stable schema for the test
+                "mode": mode,
             }
             with lock:
                 out.write(json.dumps(rec) + "\n")
                 out.flush()  # the test reads the file while we run
+            if mode is not None:
+                time.sleep(mode["delay"])
+                self.send_response(mode["status"])
+                if mode["retry_after"] is not None:
+                    self.send_header("Retry-After", mode["retry_after"])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.reply(503 if forced else 204 if verified else 400)
 
+    ThreadingHTTPServer.allow_reuse_address = True  # restartable on the same port
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True  # don't let a stuck client block shutdown
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(args.client_ca)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"READY {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
