@@ -10,6 +10,8 @@ APT_PACKAGES=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev
   # media tool: test clips and the demo's clips
   ffmpeg
+  # test certificates for the HTTPS / mutual-TLS webhook tests
+  openssl
   # test RTSP server: GStreamer's gst-rtsp-server driven from Python
   python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
