@@ -187,6 +187,7 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
         return StatusCode::BAD_REQUEST;
     };
     let d = &v["data"];
+    // for an opened event: how long after the frame arrived the platform heard of it
     let latency = d["last_evidence"]["at"]
         .as_str()
         .and_then(|t| {
@@ -194,7 +195,7 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
         })
         .map(|t| (time::OffsetDateTime::from(SystemTime::now()) - t).as_seconds_f64() * 1000.0);
     println!(
-        "ALERT {} incident={} stream={} reason={} action={} bank={} item={} distance={} evidence_frames={} latency={} (signature verified)",
+        "ALERT {} incident={} stream={} reason={} action={} bank={} item={} distance={} evidence_frames={} {}={} (signature verified)",
         v["type"].as_str().unwrap_or("?"),
         d["incident_id"].as_str().unwrap_or("?"),
         d["stream"]["id"].as_str().unwrap_or("?"),
@@ -204,6 +205,7 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
         d["evidence"]["item_id"].as_str().unwrap_or("?"),
         d["evidence"]["distance"],
         d["evidence_count"],
+        if d["event"] == "opened" { "latency" } else { "last_evidence_age" },
         latency
             .map(|l| format!("{l:.0} ms"))
             .unwrap_or_else(|| "?".into()),
