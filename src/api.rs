@@ -4,26 +4,47 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use subtle::ConstantTimeEq as _;
 
 use crate::alert::{AlertsHandle, StoredEvent};
+use crate::bank::Banks;
 use crate::decide::Actor;
+use crate::hash::BackendInfo;
+use crate::manager::{Manager, StreamError, StreamRequest};
 use crate::metrics::metrics;
-use crate::stream::StreamStatus;
+
+/// Facts fixed at start, for `/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct StaticStatus {
+    pub version: &'static str,
+    pub hash_backend: BackendInfo,
+    pub decode_threads: usize,
+    pub hash_threads: usize,
+}
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub streams: Arc<Vec<Arc<StreamStatus>>>,
+    pub manager: Arc<Manager>,
     pub ready: Arc<AtomicBool>,
-    pub banks: Arc<Vec<serde_json::Value>>,
+    pub banks: Arc<ArcSwap<Banks>>,
     pub alerts: AlertsHandle,
+    pub reload: Arc<crate::Reloader>,
+    /// Accepted bearer tokens; empty: no authentication (loopback listeners only).
+    pub tokens: Arc<Vec<String>>,
+    /// Paths served without a token.
+    pub auth_exempt: Arc<Vec<String>>,
+    pub status: Arc<StaticStatus>,
+    pub frames: Arc<crate::decode::FrameQueue>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -31,9 +52,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
         .route("/v1/streams", get(list_streams))
-        .route("/v1/streams/{id}", get(get_stream))
+        .route(
+            "/v1/streams/{id}",
+            get(get_stream).put(put_stream).delete(delete_stream),
+        )
         .route("/v1/banks", get(list_banks))
+        .route("/v1/banks/reload", post(reload_banks))
+        .route("/v1/reload", post(reload_all))
+        .route("/v1/banks/{name}/items", post(add_bank_items))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/{id}", get(get_alert))
         .route("/v1/alerts/{id}/thumbnail", get(get_thumbnail))
@@ -51,7 +80,44 @@ pub fn router(state: ApiState) -> Router {
             post(redeliver_one),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+/// Bearer-token check, in constant time per token, for every path not exempt.
+async fn authenticate(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if s.tokens.is_empty() || s.auth_exempt.iter().any(|p| p == req.uri().path()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "this path needs an Authorization: Bearer <token> header" })),
+        )
+            .into_response();
+    };
+    // every token is compared, so the time taken says nothing about which one came close
+    let ok = s
+        .tokens
+        .iter()
+        .fold(0u8, |acc, t| acc | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
+    if ok == 1 {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+            Json(json!({ "error": "the token is not valid" })),
+        )
+            .into_response()
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -73,20 +139,140 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     }
 }
 
+async fn status(State(s): State<ApiState>) -> impl IntoResponse {
+    let webhooks: Vec<_> = s
+        .alerts
+        .endpoints
+        .iter()
+        .map(|e| {
+            let v = e.view.lock();
+            json!({ "name": v.name, "pending": v.pending, "dead_letters": v.dead_letters, "disabled": v.disabled })
+        })
+        .collect();
+    Json(json!({
+        "version": s.status.version,
+        "ready": s.ready.load(Ordering::Acquire),
+        "hash": s.status.hash_backend,
+        "onnx_providers": [],
+        "threads": { "decode": s.status.decode_threads, "hash": s.status.hash_threads },
+        "queues": { "frames": s.frames.len(), "frames_capacity": s.frames.capacity(), "webhooks": webhooks },
+        "capacity": s.manager.load(),
+        "banks": s.banks.load().banks.iter().map(|b| json!({"name": &*b.name, "version": b.version, "hashes": b.len()})).collect::<Vec<_>>(),
+    }))
+}
+
 async fn list_streams(State(s): State<ApiState>) -> impl IntoResponse {
-    let reports: Vec<_> = s.streams.iter().map(|st| st.report()).collect();
-    Json(json!({ "streams": reports }))
+    Json(json!({ "streams": s.manager.list(), "capacity": s.manager.load() }))
 }
 
 async fn get_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.streams.iter().find(|st| *st.id == *id) {
-        Some(st) => Json(st.report()).into_response(),
+    match s.manager.get(&id) {
+        Some(v) => Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("no stream with id {id:?}")),
     }
 }
 
+async fn put_stream(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let req: StreamRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be JSON {{\"url\": string, \"metadata\": object, \"sampling\": {{\"mode\", \"rate\"}}}}: {e}"),
+            )
+        }
+    };
+    let m = s.manager.clone();
+    let id2 = id.clone();
+    match tokio::task::spawn_blocking(move || m.put(&id2, req)).await {
+        Ok(Ok(applied)) => {
+            let code = if applied == crate::manager::Applied::Created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut v = serde_json::to_value(s.manager.get(&id)).unwrap_or_default();
+            v["applied"] = json!(applied);
+            (code, Json(v)).into_response()
+        }
+        Ok(Err(e)) => stream_error(e),
+        Err(e) => internal(e.into()),
+    }
+}
+
+fn stream_error(e: StreamError) -> Response {
+    let code = match &e {
+        StreamError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        StreamError::FromConfig(_) => StatusCode::CONFLICT,
+        StreamError::Capacity(_) => StatusCode::TOO_MANY_REQUESTS,
+        StreamError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, &e.to_string())
+}
+
+async fn delete_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let m = s.manager.clone();
+    let id2 = id.clone();
+    match tokio::task::spawn_blocking(move || m.delete(&id2)).await {
+        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, &format!("no stream with id {id:?}")),
+        Ok(Err(e)) => stream_error(e),
+        Err(e) => internal(e.into()),
+    }
+}
+
 async fn list_banks(State(s): State<ApiState>) -> impl IntoResponse {
-    Json(json!({ "banks": *s.banks }))
+    let banks = s.banks.load();
+    let list: Vec<_> = banks
+        .banks
+        .iter()
+        .map(|b| json!({"name": &*b.name, "version": b.version, "hashes": b.len(), "distance": b.distance, "severity": b.severity, "action": b.action, "store_evidence": b.store_evidence}))
+        .collect();
+    Json(json!({ "banks": list }))
+}
+
+async fn reload_banks(State(s): State<ApiState>) -> Response {
+    match s.reload.reload(true).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#} (nothing changed)")),
+    }
+}
+
+async fn reload_all(State(s): State<ApiState>) -> Response {
+    match s.reload.reload(false).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#} (nothing changed)")),
+    }
+}
+
+/// Adds items to a bank: a body of PDQ lines (`hex[,item_id[,label]]`, as in bank files),
+/// validated whole, kept in the state directory and matched after the bank reloads.
+async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
+    if !s.banks.load().banks.iter().any(|b| *b.name == *name) {
+        return error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}"));
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body must be UTF-8 text: one PDQ hex per line, optionally ,item_id,label");
+    };
+    let dir = s.alerts.state_dir.clone();
+    let (n2, t2) = (name.clone(), text.to_string());
+    match tokio::task::spawn_blocking(move || crate::bank::append_items(&dir, &n2, &t2)).await {
+        Ok(Ok(0)) => error(StatusCode::BAD_REQUEST, "no PDQ lines in the body"),
+        Ok(Ok(n)) => match s.reload.reload(true).await {
+            Ok(r) => Json(json!({ "added": n, "banks": r.banks })).into_response(),
+            Err(e) => internal(e),
+        },
+        Ok(Err(e @ crate::bank::BankError::Line { .. })) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e} (nothing added)"))
+        }
+        Ok(Err(e)) => internal(e.into()),
+        Err(e) => internal(e.into()),
+    }
+}
+
+/// The OpenAPI document of this API.
+async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
 }
 
 fn internal(e: anyhow::Error) -> Response {

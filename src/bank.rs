@@ -67,13 +67,27 @@ pub struct Match {
 
 impl Bank {
     pub fn load(spec: &BankSpec) -> Result<Bank, BankError> {
-        let text = std::fs::read_to_string(&spec.path).map_err(|source| BankError::Io {
+        Self::load_with(spec, None)
+    }
+
+    /// Loads a bank file, plus the items added to it through the API (`extra`, a PDQ file in
+    /// the state directory) when there is one.
+    pub fn load_with(spec: &BankSpec, extra: Option<&Path>) -> Result<Bank, BankError> {
+        let mut text = std::fs::read_to_string(&spec.path).map_err(|source| BankError::Io {
             path: spec.path.clone(),
             source,
         })?;
-        let entries = match spec.format {
+        let mut entries = match spec.format {
             BankFormat::Pdq => parse_pdq_lines(&text, &spec.path)?,
         };
+        if let Some(extra) = extra.filter(|p| p.exists()) {
+            let added = std::fs::read_to_string(extra).map_err(|source| BankError::Io {
+                path: extra.to_path_buf(),
+                source,
+            })?;
+            entries.extend(parse_pdq_lines(&added, extra)?);
+            text.push_str(&added);
+        }
         let mut bank = Bank::from_entries(
             &spec.name,
             spec.path.clone(),
@@ -143,6 +157,56 @@ impl Bank {
             store_evidence: self.store_evidence,
         })
     }
+}
+
+/// Where the items added to a bank through the API are kept.
+pub fn added_items_path(state_dir: &Path, bank: &str) -> PathBuf {
+    state_dir.join("bank-items").join(format!("{bank}.pdq"))
+}
+
+/// Loads every configured bank with its API-added items, and exports their sizes.
+pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
+    let banks = Banks {
+        banks: config
+            .banks
+            .iter()
+            .map(|spec| Bank::load_with(spec, Some(&added_items_path(&config.state_dir, &spec.name))))
+            .collect::<Result<_, _>>()?,
+    };
+    for b in &banks.banks {
+        crate::metrics::metrics()
+            .bank_hashes
+            .with_label_values(&[&b.name])
+            .set(b.len() as i64);
+        if b.is_empty() {
+            tracing::warn!(bank = %b.name, "bank is empty");
+        }
+    }
+    tracing::info!(banks = %banks, "banks loaded");
+    Ok(banks)
+}
+
+/// Appends items (PDQ lines, validated first: all or nothing) to a bank's API-added file,
+/// synced to disk. The caller reloads the bank.
+pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<usize, BankError> {
+    let path = added_items_path(state_dir, bank);
+    let n = parse_pdq_lines(lines, Path::new("request"))?.len();
+    let io = |source| BankError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    use std::io::Write as _;
+    let mut text = lines.trim_end().to_string();
+    text.push('\n');
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(n)
 }
 
 /// Parses the plain PDQ format: `hex[,item_id[,label]]` per line, `#` starts a comment.

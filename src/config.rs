@@ -159,6 +159,17 @@ pub struct ServerConfig {
     pub listen: Spanned<String>,
     /// Where the outbox and evidence live; defaults to systemd's `$STATE_DIRECTORY`.
     pub state_dir: Option<Spanned<String>>,
+    /// Streams this appliance accepts at most; 0 = 16 per CPU.
+    #[serde(default)]
+    pub max_streams: usize,
+    /// Bearer tokens accepted by the API.
+    #[serde(default)]
+    pub api_tokens: Vec<Spanned<String>>,
+    /// A file holding one token per line (relative: from `$CREDENTIALS_DIRECTORY` when set).
+    pub api_token_file: Option<Spanned<String>>,
+    /// Paths served without a token.
+    #[serde(default = "default_auth_exempt")]
+    pub auth_exempt: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -166,7 +177,28 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             state_dir: None,
+            max_streams: 0,
+            api_tokens: Vec::new(),
+            api_token_file: None,
+            auth_exempt: default_auth_exempt(),
         }
+    }
+}
+
+fn default_auth_exempt() -> Vec<String> {
+    ["/metrics", "/healthz", "/readyz"].map(String::from).to_vec()
+}
+
+/// Where a secret file named in the config lives: absolute as given; relative, in systemd's
+/// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`) when set, else beside the config file.
+pub fn secret_path(base: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => Path::new(&dir).join(p),
+        None => base.join(p),
     }
 }
 
@@ -175,7 +207,7 @@ fn default_listen() -> Spanned<String> {
 }
 
 /// How frames are chosen for analysis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplingMode {
     /// Decode and analyse keyframes only (IDR, CRA, recovery points): cheapest.
@@ -286,6 +318,8 @@ pub struct RawWebhook {
     pub url: Spanned<String>,
     /// Standard Webhooks secret: `whsec_` followed by base64.
     pub secret: Option<Spanned<String>>,
+    /// A file holding the secret(s), one per line (relative: from `$CREDENTIALS_DIRECTORY`).
+    pub secret_file: Option<Spanned<String>>,
     /// Further secrets, all of which sign every message (for rotation).
     #[serde(default)]
     pub secrets: Vec<Spanned<String>>,
@@ -546,6 +580,16 @@ pub struct AlertPolicy {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The configuration file, when loaded from one (for reloads).
+    pub path: Option<PathBuf>,
+    /// Folder relative paths are taken from.
+    pub base: PathBuf,
+    /// Sampling of streams that do not say otherwise (API streams included).
+    pub sampling: Sampling,
+    pub max_streams: usize,
+    /// Bearer tokens the API accepts; empty: the API is open (loopback listeners only).
+    pub api_tokens: Vec<String>,
+    pub auth_exempt: Vec<String>,
     pub streams: Vec<StreamSpec>,
     pub banks: Vec<BankSpec>,
     pub webhooks: Vec<WebhookSpec>,
@@ -571,7 +615,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         message: format!("cannot read: {e}"),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, path, base)
+    let mut c = parse(&text, path, base)?;
+    c.path = Some(path.to_path_buf());
+    Ok(c)
 }
 
 /// Parses and validates configuration text; relative paths are taken from `base`.
@@ -836,11 +882,31 @@ impl RawConfig {
                     })?;
                 secrets.push(s.get_ref().clone());
             }
+            if let Some(f) = &w.secret_file {
+                let path = secret_path(base, f.get_ref());
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    err(
+                        Some(f.span()),
+                        field("secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    if !line.starts_with("whsec_") || standardwebhooks::Webhook::new(line).is_err() {
+                        return Err(err(
+                            Some(f.span()),
+                            field("secret_file"),
+                            format!("{}: every line must be \"whsec_\" followed by base64", path.display()),
+                        ));
+                    }
+                    secrets.push(line.to_string());
+                }
+            }
             if secrets.is_empty() {
                 return Err(err(
                     Some(w.url.span()),
                     field("secret"),
-                    "a webhook needs `secret` or `secrets`".into(),
+                    "a webhook needs `secret`, `secrets` or `secret_file`".into(),
                 ));
             }
             positive(w.timeout_secs, &field("timeout_secs"))?;
@@ -945,8 +1011,50 @@ impl RawConfig {
             },
         };
 
+        let mut api_tokens: Vec<String> =
+            self.server.api_tokens.iter().map(|t| t.get_ref().clone()).collect();
+        if let Some(f) = &self.server.api_token_file {
+            let path = secret_path(base, f.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    Some(f.span()),
+                    "server.api_token_file".into(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            api_tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        }
+        if let Some(t) = api_tokens.iter().find(|t| t.len() < 16) {
+            return Err(err(
+                self.server.api_tokens.first().map(|t| t.span()),
+                "server.api_tokens".into(),
+                format!("tokens must have at least 16 characters (one has {})", t.len()),
+            ));
+        }
+        if api_tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(err(
+                Some(self.server.listen.span()),
+                "server.api_tokens".into(),
+                "the API listens beyond loopback: set api_tokens or api_token_file".into(),
+            ));
+        }
+        let max_streams = match self.server.max_streams {
+            0 => 16 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+
         Ok(Config {
             listen,
+            path: None,
+            base: base.to_path_buf(),
+            sampling: Sampling {
+                mode: self.sampling.mode,
+                rate: self.sampling.rate,
+                keyframe_timeout: secs(self.sampling.keyframe_timeout_secs),
+            },
+            max_streams,
+            api_tokens,
+            auth_exempt: self.server.auth_exempt.clone(),
             streams,
             banks,
             webhooks,
@@ -971,7 +1079,7 @@ impl RawConfig {
 }
 
 /// Ids appear in logs, API paths and alert bodies: keep them printable and short.
-fn validate_id(id: &str) -> Result<(), String> {
+pub fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters".into());
     }

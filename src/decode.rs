@@ -123,6 +123,10 @@ impl FrameQueue {
         g.closed && g.frames.is_empty()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().frames.len()
     }
@@ -173,16 +177,18 @@ fn open_decoder(config: &CodecConfig, low_delay: bool) -> Result<ff::decoder::Vi
 pub fn spawn_decoders(
     threads: usize,
     queue: usize,
-    statuses: Arc<HashMap<StreamKey, Arc<StreamStatus>>>,
+    statuses: Arc<crate::manager::Registry>,
     out: Arc<FrameQueue>,
+    health: &crate::health::Heartbeats,
 ) -> Vec<(Sender<DecodeMsg>, std::thread::JoinHandle<()>)> {
     (0..threads)
         .map(|i| {
             let (tx, rx) = crossbeam_channel::bounded(queue);
             let (statuses, out) = (statuses.clone(), out.clone());
+            let beat = health.register(format!("decode-{i}"));
             let handle = std::thread::Builder::new()
                 .name(format!("lw-decode-{i}"))
-                .spawn(move || decode_thread(rx, statuses, out))
+                .spawn(move || decode_thread(rx, statuses, out, beat))
                 .expect("spawn decoder thread");
             (tx, handle)
         })
@@ -191,22 +197,29 @@ pub fn spawn_decoders(
 
 fn decode_thread(
     rx: Receiver<DecodeMsg>,
-    statuses: Arc<HashMap<StreamKey, Arc<StreamStatus>>>,
+    statuses: Arc<crate::manager::Registry>,
     out: Arc<FrameQueue>,
+    beat: crate::health::Beat,
 ) {
     let mut decoders: HashMap<StreamKey, StreamDecoder> = HashMap::new();
     let mut picture = ff::frame::Video::empty();
-    for msg in rx.iter() {
+    loop {
+        beat.beat();
+        let msg = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         match msg {
             DecodeMsg::Close(key) => {
                 decoders.remove(&key);
             }
             DecodeMsg::Unit(au, selection) => {
-                let Some(status) = statuses.get(&au.stream) else {
+                let Some(status) = statuses.get(au.stream) else {
                     continue;
                 };
                 let started = Instant::now();
-                decode_unit(&mut decoders, au, selection, status, &out, &mut picture);
+                decode_unit(&mut decoders, au, selection, &status, &out, &mut picture);
                 metrics()
                     .stage_seconds
                     .with_label_values(&[stage::DECODE])

@@ -13,26 +13,30 @@ pub mod decide;
 pub mod decode;
 pub mod demo;
 pub mod hash;
+pub mod health;
+pub mod manager;
 pub mod metrics;
+pub mod openapi;
 pub mod redact;
 pub mod source;
 pub mod stream;
+pub mod systemd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bank::Banks;
-use crate::config::{Config, SamplingMode};
+use crate::config::Config;
 use crate::decide::Detection;
 use crate::decode::FrameQueue;
 use crate::hash::PdqHasher;
 use crate::metrics::{metrics, stage};
-use crate::stream::StreamStatus;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -59,35 +63,7 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     init_media();
     let m = metrics();
 
-    let banks = Arc::new(Banks::load(&config.banks)?);
-    for b in &banks.banks {
-        m.bank_hashes
-            .with_label_values(&[&b.name])
-            .set(b.len() as i64);
-        if b.is_empty() {
-            warn!(bank = %b.name, "bank is empty");
-        }
-    }
-    info!(banks = %banks, "banks loaded");
-
-    let statuses: Vec<Arc<StreamStatus>> = config
-        .streams
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mode = match s.sampling.mode {
-                SamplingMode::Keyframes => "keyframes",
-                SamplingMode::Fps => "fps",
-            };
-            Arc::new(StreamStatus::new(
-                i as u32,
-                &s.id,
-                s.redacted_url().to_string(),
-                mode,
-            ))
-        })
-        .collect();
-    let status_map = Arc::new(statuses.iter().map(|s| (s.key, s.clone())).collect());
+    let banks = Arc::new(ArcSwap::from_pointee(bank::load_banks(&config)?));
 
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -100,23 +76,42 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         0 => (cpus / 2).max(1),
         n => n,
     };
-
-    let frames = Arc::new(FrameQueue::new(config.pipeline.frame_queue));
-    let decoders = decode::spawn_decoders(
-        decode_threads,
-        config.pipeline.decode_queue,
-        status_map,
-        frames.clone(),
-    );
+    let health = Arc::new(health::Heartbeats::default());
 
     // The outbox first: a state directory that cannot be used stops the start here.
     let (det_tx, det_rx) = crossbeam_channel::bounded::<Detection>(1024);
-    let alerts = alert::AlertService::start(&config, det_rx)?;
+    let alerts = alert::AlertService::start(&config, det_rx, &health)?;
+
+    let frames = Arc::new(FrameQueue::new(config.pipeline.frame_queue));
+    let registry_decoders;
+    let manager = {
+        let registry = Arc::new(manager::Registry::default());
+        let decoders = decode::spawn_decoders(
+            decode_threads,
+            config.pipeline.decode_queue,
+            registry.clone(),
+            frames.clone(),
+            &health,
+        );
+        let (txs, handles): (Vec<_>, Vec<_>) = decoders.into_iter().unzip();
+        registry_decoders = handles;
+        manager::Manager::new(
+            registry,
+            txs,
+            config.source.clone(),
+            config.sampling,
+            config.base.clone(),
+            config.max_streams,
+            &config.state_dir,
+            cancel.child_token(),
+            alerts.handle.clone(),
+        )
+    };
+
     // One thread drives a GPU (it batches across streams); on the CPU, one thread per core.
     let engine = hash::Engine::new(&config.hash)?;
     let backend = engine.info();
-    metrics()
-        .hash_backend_info
+    m.hash_backend_info
         .with_label_values(&[
             backend.backend,
             &backend.adapter,
@@ -124,8 +119,7 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             &backend.driver,
         ])
         .set(1);
-    metrics()
-        .build_info
+    m.build_info
         .with_label_values(&[VERSION, backend.backend])
         .set(1);
     info!(backend = %backend, "hashing PDQ");
@@ -142,17 +136,18 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         .into_iter()
         .enumerate()
         .map(|(i, engine)| {
-            let (frames, banks, statuses, tx) = (
+            let (frames, banks, registry, tx) = (
                 frames.clone(),
                 banks.clone(),
-                statuses.clone(),
+                manager.registry.clone(),
                 det_tx.clone(),
             );
             let min_quality = config.matching.min_quality;
+            let beat = health.register(format!("hash-{i}"));
             std::thread::Builder::new()
                 .name(format!("lw-hash-{i}"))
                 .spawn(move || {
-                    hash_thread(engine, batch, &frames, &banks, &statuses, min_quality, &tx)
+                    hash_thread(engine, batch, &frames, &banks, &registry, min_quality, &tx, &beat)
                 })
                 .context("spawn hash thread")
         })
@@ -164,17 +159,28 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.listen))?;
     let local = listener.local_addr()?;
+    let reload = Arc::new(Reloader {
+        path: config.path.clone(),
+        banks: banks.clone(),
+        manager: manager.clone(),
+        state_dir: config.state_dir.clone(),
+        lock: tokio::sync::Mutex::new(()),
+    });
     let api_state = api::ApiState {
-        streams: Arc::new(statuses.clone()),
+        manager: manager.clone(),
         ready: ready.clone(),
-        banks: Arc::new(
-            banks
-                .banks
-                .iter()
-                .map(|b| serde_json::json!({"name": &*b.name, "version": b.version, "hashes": b.len(), "distance": b.distance}))
-                .collect(),
-        ),
+        banks: banks.clone(),
         alerts: alerts.handle.clone(),
+        reload: reload.clone(),
+        tokens: Arc::new(config.api_tokens.clone()),
+        auth_exempt: Arc::new(config.auth_exempt.clone()),
+        status: Arc::new(api::StaticStatus {
+            version: VERSION,
+            hash_backend: backend.clone(),
+            decode_threads,
+            hash_threads,
+        }),
+        frames: frames.clone(),
     };
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
@@ -183,37 +189,28 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             .await
     });
 
-    let stream_cancel = cancel.child_token();
-    let mut stream_tasks = Vec::new();
-    for (spec, status) in config.streams.iter().zip(&statuses) {
-        let tx = decoders[status.key as usize % decoders.len()].0.clone();
-        let sink = source::AuSink::new(status.clone(), tx, spec.sampling);
-        stream_tasks.push(tokio::spawn(source::supervise(
-            spec.clone(),
-            config.source.clone(),
-            sink,
-            stream_cancel.clone(),
-        )));
-    }
-    let decoder_handles: Vec<_> = decoders.into_iter().map(|(_, h)| h).collect();
+    manager.start_all(&config.streams)?;
+    tokio::spawn(manager.clone().measure_rates());
 
     ready.store(true, Ordering::Release);
-    info!(listen = %local, streams = statuses.len(), decode_threads, hash_threads, "livewatch running");
+    info!(listen = %local, streams = config.streams.len(), decode_threads, hash_threads, "livewatch running");
+    systemd::notify_ready();
+    let watchdog = tokio::spawn(systemd::watchdog(health.clone(), cancel.clone()));
+    let hup = tokio::spawn(reload.clone().on_sighup(cancel.clone()));
     if let Some(f) = hooks.on_ready {
         f(local);
     }
 
     cancel.cancelled().await;
     info!("shutting down: stopping intake");
+    systemd::notify_stopping();
     ready.store(false, Ordering::Release);
-    stream_cancel.cancel();
-    for t in stream_tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
+    health.clear();
+    manager.stop_all(Duration::from_secs(5)).await;
     // decoders end once every stream's sender is gone; then the frame queue drains
     let frames_done = frames.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        for h in decoder_handles {
+        for h in registry_decoders {
             let _ = h.join();
         }
         frames_done.close();
@@ -234,22 +231,102 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     )
     .await;
     let _ = server.await;
+    watchdog.abort();
+    hup.abort();
     info!("stopped");
     Ok(())
+}
+
+/// Reloads banks and the config file's streams: on SIGHUP and through the API. API streams
+/// and API-added bank items are kept; other settings need a restart.
+pub struct Reloader {
+    path: Option<std::path::PathBuf>,
+    pub banks: Arc<ArcSwap<Banks>>,
+    manager: Arc<manager::Manager>,
+    state_dir: std::path::PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// What a reload changed.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    pub banks: Vec<String>,
+    pub streams_started: usize,
+    pub streams_stopped: usize,
+    pub streams_restarted: usize,
+}
+
+impl Reloader {
+    /// Re-reads the config file (banks and streams) or only the bank files when `banks_only`.
+    /// Anything invalid leaves everything as it was and says why.
+    pub async fn reload(&self, banks_only: bool) -> anyhow::Result<Reloaded> {
+        let _one_at_a_time = self.lock.lock().await;
+        let path = self
+            .path
+            .clone()
+            .context("this instance was not started from a config file")?;
+        let state_dir = self.state_dir.clone();
+        let (config, banks) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut config = config::load(&path)?;
+            // the state directory is fixed for the process's life
+            config.state_dir = state_dir;
+            let banks = bank::load_banks(&config)?;
+            Ok((config, banks))
+        })
+        .await??;
+        let names = banks.banks.iter().map(|b| format!("{} {}", b.name, b.version)).collect();
+        self.banks.store(Arc::new(banks));
+        let (started, stopped, restarted) = if banks_only {
+            (0, 0, 0)
+        } else {
+            self.manager.reload(&config.streams)
+        };
+        let r = Reloaded {
+            banks: names,
+            streams_started: started,
+            streams_stopped: stopped,
+            streams_restarted: restarted,
+        };
+        info!(?r, "reloaded");
+        Ok(r)
+    }
+
+    /// Reloads on every SIGHUP, telling systemd around it.
+    async fn on_sighup(self: Arc<Self>, cancel: CancellationToken) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP; reload through the API instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            info!("SIGHUP: reloading banks and streams");
+            systemd::notify_reloading();
+            if let Err(e) = self.reload(false).await {
+                tracing::error!("reload failed, everything stays as it was: {e:#}");
+            }
+            systemd::notify_ready();
+        }
+    }
 }
 
 fn hash_thread(
     mut engine: hash::Engine,
     batch_size: usize,
     frames: &FrameQueue,
-    banks: &Banks,
-    statuses: &[Arc<StreamStatus>],
+    banks: &ArcSwap<Banks>,
+    registry: &manager::Registry,
     min_quality: u8,
     tx: &crossbeam_channel::Sender<Detection>,
+    beat: &health::Beat,
 ) {
     let m = metrics();
     let mut fallback = PdqHasher::new();
     loop {
+        beat.beat();
         let batch = frames.pop_batch(batch_size, Duration::from_millis(200));
         if batch.is_empty() {
             if frames.is_closed() {
@@ -280,8 +357,12 @@ fn hash_thread(
             hash::hash_frames_cpu(&mut fallback, &lumas)
         });
         let per_frame = t.elapsed().as_secs_f64() / batch.len() as f64;
+        let banks = banks.load();
         for (f, h) in batch.into_iter().zip(hashes) {
-            let status = &statuses[f.stream as usize];
+            // a stream removed meanwhile: its frames go unmatched
+            let Some(status) = registry.get(f.stream) else {
+                continue;
+            };
             m.stage_seconds
                 .with_label_values(&[stage::HASH])
                 .observe(per_frame);

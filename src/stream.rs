@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -63,6 +63,10 @@ struct Inner {
     resolution: Option<(u32, u32)>,
     last_frame_at: Option<SystemTime>,
     last_match_at: Option<SystemTime>,
+    /// Counters at the last rate update, and the rates then measured.
+    rate_mark: Option<(Instant, u64, u64)>,
+    fps_in: Option<f64>,
+    fps_sampled: Option<f64>,
 }
 
 /// What the appliance knows about one stream right now.
@@ -100,6 +104,11 @@ pub struct StreamReport {
     pub reconnects: u64,
     pub matches: u64,
     pub last_frame_age_seconds: Option<f64>,
+    pub last_match_at: Option<String>,
+    /// Access units received per second, over the last few seconds.
+    pub fps_in: Option<f64>,
+    /// Frames hashed per second (the sampled rate), over the last few seconds.
+    pub fps_sampled: Option<f64>,
     pub last_error: Option<StreamError>,
 }
 
@@ -128,6 +137,9 @@ impl StreamStatus {
                 resolution: None,
                 last_frame_at: None,
                 last_match_at: None,
+                rate_mark: None,
+                fps_in: None,
+                fps_sampled: None,
             }),
             frames_received: AtomicU64::new(0),
             frames_decoded: AtomicU64::new(0),
@@ -204,6 +216,38 @@ impl StreamStatus {
         self.inner.lock().last_match_at = Some(SystemTime::now());
     }
 
+    /// Measures the input and sampled frame rates since the previous call.
+    pub fn update_rates(&self, now: Instant) {
+        let (recv, hashed) = (
+            self.frames_received.load(Ordering::Relaxed),
+            self.frames_hashed.load(Ordering::Relaxed),
+        );
+        let mut g = self.inner.lock();
+        if let Some((t, r0, h0)) = g.rate_mark {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                g.fps_in = Some((recv - r0) as f64 / dt);
+                g.fps_sampled = Some((hashed - h0) as f64 / dt);
+            }
+        }
+        g.rate_mark = Some((now, recv, hashed));
+    }
+
+    /// Takes the stream out of `livewatch_streams` when it is removed for good.
+    pub fn retire(&self) {
+        let g = self.inner.lock();
+        metrics()
+            .streams
+            .with_label_values(&[g.state.as_str()])
+            .dec();
+        if g.sampling_fallback {
+            metrics()
+                .sampling_fallback_streams
+                .with_label_values(&["fps"])
+                .dec();
+        }
+    }
+
     pub fn report(&self) -> StreamReport {
         let g = self.inner.lock();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -226,6 +270,9 @@ impl StreamStatus {
                 .last_frame_at
                 .and_then(|t| t.elapsed().ok())
                 .map(|d| d.as_secs_f64()),
+            last_match_at: g.last_match_at.map(rfc3339),
+            fps_in: g.fps_in,
+            fps_sampled: g.fps_sampled,
             last_error: g.last_error.clone(),
         }
     }

@@ -66,6 +66,11 @@ enum Command {
         by: Actor,
         reply: oneshot::Sender<Result<Incident, IncidentError>>,
     },
+    /// A stream was added or changed: its metadata goes with its future incidents.
+    Metadata {
+        stream: String,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// What the API holds: the outbox for reading, the endpoints, and a line to the decider.
@@ -74,6 +79,7 @@ pub struct AlertsHandle {
     pub store: Arc<Outbox>,
     pub endpoints: Arc<Vec<EndpointHandle>>,
     pub thumbnails: PathBuf,
+    pub state_dir: PathBuf,
     commands: Sender<Command>,
 }
 
@@ -102,6 +108,14 @@ impl AlertsHandle {
         Ok(rx.await?)
     }
 
+    /// Sets the metadata the platform attached to a stream.
+    pub fn set_metadata(&self, stream: &str, metadata: serde_json::Map<String, serde_json::Value>) {
+        let _ = self.commands.send(Command::Metadata {
+            stream: stream.into(),
+            metadata,
+        });
+    }
+
     pub fn endpoint(&self, name: &str) -> Option<&EndpointHandle> {
         self.endpoints.iter().find(|e| e.spec.name == name)
     }
@@ -122,7 +136,11 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 impl AlertService {
     /// Opens the outbox, restores open incidents, starts the endpoint workers (which resume
     /// pending deliveries) and the decision thread reading `detections`.
-    pub fn start(config: &Config, detections: Receiver<Detection>) -> anyhow::Result<AlertService> {
+    pub fn start(
+        config: &Config,
+        detections: Receiver<Detection>,
+        health: &crate::health::Heartbeats,
+    ) -> anyhow::Result<AlertService> {
         let store = Arc::new(Outbox::open(&config.state_dir)?);
         let (incidents, events) = store.sizes()?;
         info!(outbox = %store.path().display(), incidents, events, "outbox open");
@@ -160,7 +178,10 @@ impl AlertService {
         };
         let decider = std::thread::Builder::new()
             .name("lw-decide".into())
-            .spawn(move || decide_loop(decider, ctx, detections, command_rx))
+            .spawn({
+                let beat = health.register("decide");
+                move || decide_loop(decider, ctx, detections, command_rx, beat)
+            })
             .context("spawn the decision thread")?;
 
         let janitor = tokio::spawn(janitor(
@@ -174,6 +195,7 @@ impl AlertService {
                 store,
                 endpoints,
                 thumbnails,
+                state_dir: config.state_dir.clone(),
                 commands,
             },
             decider,
@@ -210,6 +232,7 @@ fn decide_loop(
     ctx: Committer,
     detections: Receiver<Detection>,
     commands: Receiver<Command>,
+    beat: crate::health::Beat,
 ) {
     let m = metrics();
     let mut thumb = |incident_id: &str, frame: &crate::decode::Frame| -> Option<String> {
@@ -225,6 +248,7 @@ fn decide_loop(
         }
     };
     loop {
+        beat.beat();
         select! {
             recv(detections) -> d => match d {
                 Ok(d) => {
@@ -240,6 +264,10 @@ fn decide_loop(
                 let (result, reply) = match c {
                     Command::Acknowledge { id, by, reply } => (decider.acknowledge(&id, by, now), reply),
                     Command::Resolve { id, by, reply } => (decider.resolve(&id, by, now), reply),
+                    Command::Metadata { stream, metadata } => {
+                        decider.set_metadata(&stream, metadata);
+                        continue;
+                    }
                 };
                 let _ = reply.send(result.map(|out| {
                     ctx.commit(&out);
