@@ -275,6 +275,16 @@ async fn openapi() -> impl IntoResponse {
     Json(crate::openapi::document())
 }
 
+/// Outbox reads run off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+}
+
 fn internal(e: anyhow::Error) -> Response {
     tracing::error!("API: {e:#}");
     error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"))
@@ -298,7 +308,8 @@ async fn list_alerts(State(s): State<ApiState>, q: Result<Query<AlertQuery>, axu
     if !(1..=1000).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, "limit must be 1 to 1000");
     }
-    match s.alerts.store.incidents(q.stream.as_deref(), limit) {
+    let store = s.alerts.store.clone();
+    match blocking(move || store.incidents(q.stream.as_deref(), limit)).await {
         Ok(list) => Json(json!({ "alerts": list })).into_response(),
         Err(e) => internal(e),
     }
@@ -315,14 +326,17 @@ fn event_json(ev: &StoredEvent) -> serde_json::Value {
 }
 
 async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let store = &s.alerts.store;
-    let incident = match store.incident(&id) {
-        Ok(Some(i)) => i,
+    let (store, id2) = (s.alerts.store.clone(), id.clone());
+    let found = blocking(move || {
+        Ok(match store.incident(&id2)? {
+            Some(i) => Some((i, store.incident_events(&id2)?)),
+            None => None,
+        })
+    })
+    .await;
+    let (incident, events) = match found {
+        Ok(Some(x)) => x,
         Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no alert with id {id:?}")),
-        Err(e) => return internal(e),
-    };
-    let events = match store.incident_events(&id) {
-        Ok(e) => e,
         Err(e) => return internal(e),
     };
     let events: Vec<_> = events
@@ -343,7 +357,7 @@ async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Respons
         })
         .collect();
     let mut body = serde_json::to_value(&incident).expect("incident serialises");
-    body["events"] = json!(events);
+    body["event_log"] = json!(events);
     Json(body).into_response()
 }
 
@@ -444,7 +458,8 @@ async fn dead_letters(State(s): State<ApiState>, Path(name): Path<String>) -> Re
     if let Err(r) = endpoint(&s, &name) {
         return r;
     }
-    match s.alerts.store.dead_letters(&name) {
+    let (store, n) = (s.alerts.store.clone(), name.clone());
+    match blocking(move || store.dead_letters(&n)).await {
         Ok(list) => {
             let items: Vec<_> = list
                 .iter()
@@ -469,9 +484,10 @@ async fn redeliver(s: &ApiState, name: &str, event_id: Option<&str>) -> Response
         Ok(e) => e,
         Err(r) => return r,
     };
+    let (store, n) = (s.alerts.store.clone(), name.to_string());
     let seq = match event_id {
         None => None,
-        Some(id) => match s.alerts.store.dead_letters(name) {
+        Some(id) => match blocking(move || store.dead_letters(&n)).await {
             Ok(list) => match list.iter().find(|(ev, _)| ev.event_id == id) {
                 Some((ev, _)) => Some(ev.seq),
                 None => {

@@ -665,14 +665,16 @@ impl RawConfig {
                 )
             })?;
 
+        // every duration is bounded, so no later arithmetic on it can overflow
+        const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
         let positive = |v: f64, field: &str| {
-            if v.is_finite() && v > 0.0 {
+            if v.is_finite() && v > 0.0 && v <= MAX_SECS {
                 Ok(())
             } else {
                 Err(err(
                     None,
                     field.to_string(),
-                    format!("must be a positive number of seconds, got {v}"),
+                    format!("must be a positive duration of at most 10 years, got {v}"),
                 ))
             }
         };
@@ -844,6 +846,15 @@ impl RawConfig {
                     validate_id(n.get_ref()).map_err(|m| err(Some(n.span()), field("name"), m))?;
                     n.get_ref().clone()
                 }
+                // pending deliveries are kept under the name: with several endpoints, a name
+                // from the position would move them to another receiver when the list changes
+                None if self.webhooks.len() > 1 => {
+                    return Err(err(
+                        Some(w.url.span()),
+                        field("name"),
+                        "with more than one webhook, each needs a name".into(),
+                    ))
+                }
                 None => format!("webhook-{i}"),
             };
             if webhooks.iter().any(|o| o.name == name) {
@@ -870,9 +881,8 @@ impl RawConfig {
                 .map(|s| ("secret".to_string(), s))
                 .chain(w.secrets.iter().enumerate().map(|(k, s)| (format!("secrets[{k}]"), s)))
             {
-                standardwebhooks::Webhook::new(s.get_ref())
-                    .ok()
-                    .filter(|_| s.get_ref().starts_with("whsec_") && s.get_ref().len() > 6)
+                valid_secret(s.get_ref())
+                    .then_some(())
                     .ok_or_else(|| {
                         err(
                             Some(s.span()),
@@ -892,7 +902,7 @@ impl RawConfig {
                     )
                 })?;
                 for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    if !line.starts_with("whsec_") || standardwebhooks::Webhook::new(line).is_err() {
+                    if !valid_secret(line) {
                         return Err(err(
                             Some(f.span()),
                             field("secret_file"),
@@ -988,8 +998,8 @@ impl RawConfig {
         for (v, f) in [
             (self.alerts.update_interval_secs, "alerts.update_interval_secs"),
             (self.alerts.resolve_after_secs, "alerts.resolve_after_secs"),
-            (self.alerts.history_days, "alerts.history_days"),
-            (self.evidence.retention_hours, "evidence.retention_hours"),
+            (self.alerts.history_days * 86400.0, "alerts.history_days"),
+            (self.evidence.retention_hours * 3600.0, "evidence.retention_hours"),
         ] {
             positive(v, f)?;
         }
@@ -1079,6 +1089,11 @@ impl RawConfig {
 }
 
 /// Ids appear in logs, API paths and alert bodies: keep them printable and short.
+/// A Standard Webhooks secret: `whsec_` and non-empty base64.
+fn valid_secret(s: &str) -> bool {
+    s.starts_with("whsec_") && s.len() > 6 && standardwebhooks::Webhook::new(s).is_ok()
+}
+
 pub fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters".into());

@@ -301,7 +301,7 @@ impl Decider {
         &mut self,
         d: &Detection,
         now: Instant,
-        thumbnail: &mut dyn FnMut(&str, &Frame) -> Option<String>,
+        thumbnail: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>,
     ) -> Option<Outgoing> {
         let reason = Reason::HashMatch;
         let key: Key = (d.stream_id.clone(), reason);
@@ -322,7 +322,7 @@ impl Decider {
             matched_hash: found.entry.hash.to_string(),
             quality: d.quality,
         };
-        let want_thumb = |inc: &Incident, t: &mut dyn FnMut(&str, &Frame) -> Option<String>| {
+        let want_thumb = |inc: &Incident, t: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>| {
             match (&d.frame, inc.thumbnail.is_none() && found.store_evidence) {
                 (Some(f), true) => t(&inc.incident_id, f),
                 _ => None,
@@ -555,7 +555,7 @@ mod tests {
         }
     }
 
-    fn no_thumb(_: &str, _: &Frame) -> Option<String> {
+    fn no_thumb(_: &str, _: &Arc<Frame>) -> Option<String> {
         None
     }
 

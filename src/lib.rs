@@ -383,6 +383,7 @@ fn hash_thread(
             let (stream, pts_us, arrival) = (f.stream, f.pts_us, f.arrival);
             let frame = Arc::new(f);
             for fm in found {
+                let store = fm.store_evidence;
                 m.matches.with_label_values(&[&fm.bank]).inc();
                 status.note_match();
                 let d = Detection {
@@ -393,7 +394,7 @@ fn hash_thread(
                     quality: h.quality,
                     pts_us,
                     arrival,
-                    frame: Some(frame.clone()),
+                    frame: store.then(|| frame.clone()),
                 };
                 if tx.send(d).is_err() {
                     return;

@@ -136,8 +136,8 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
     assert_eq!(list["alerts"].as_array().unwrap().len(), 1);
     assert_eq!(list["alerts"][0]["incident_id"], id.as_str());
     let one = lw.get_json(&format!("/v1/alerts/{id}"));
-    assert_eq!(one["events"][0]["event"], "opened");
-    assert_eq!(one["events"][0]["deliveries"][0]["status"], "delivered");
+    assert_eq!(one["event_log"][0]["event"], "opened");
+    assert_eq!(one["event_log"][0]["deliveries"][0]["status"], "delivered");
     assert_eq!(lw.get("/v1/alerts/nope").0, 404);
     assert_eq!(lw.get("/v1/alerts?limit=0").0, 400);
 
@@ -249,7 +249,7 @@ fn an_event_committed_before_a_kill_9_is_delivered_after_the_restart_with_the_sa
         let list = lw.get_json("/v1/alerts");
         let id = list["alerts"][0]["incident_id"].as_str()?.to_string();
         let one = lw.get_json(&format!("/v1/alerts/{id}"));
-        let ev = &one["events"][0];
+        let ev = &one["event_log"][0];
         (ev["deliveries"][0]["attempts"].as_u64()? >= 1 && ev["deliveries"][0]["status"] == "pending")
             .then(|| (id, ev["webhook_id"].as_str().unwrap().to_string()))
     });

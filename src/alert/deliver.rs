@@ -83,6 +83,31 @@ struct Item {
     attempts: u32,
     due: Instant,
     in_flight: bool,
+    /// The last attempt failed in a way a recovered receiver fixes (network, timeout,
+    /// throttling): such retries are brought forward when the endpoint answers 2xx again.
+    transient: bool,
+}
+
+impl Item {
+    fn new(stream: Arc<str>, attempts: u32) -> Item {
+        Item {
+            stream,
+            attempts,
+            due: Instant::now(),
+            in_flight: false,
+            transient: true,
+        }
+    }
+}
+
+/// Runs blocking outbox work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
 }
 
 enum Outcome {
@@ -97,11 +122,15 @@ enum Outcome {
         error: String,
         label: &'static str,
     },
+    /// The event could not be read from the outbox: not the receiver's fault, not an attempt.
+    Internal(String),
 }
 
 /// Builds the HTTP client of an endpoint: its timeout, CA and client certificate.
 fn client(spec: &WebhookSpec) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
+        // a redirect would turn the POST into a GET and carry the signature elsewhere
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(spec.timeout)
         .connect_timeout(spec.timeout)
         .user_agent(concat!("livewatch/", env!("CARGO_PKG_VERSION")));
@@ -147,20 +176,9 @@ pub fn spawn(
         ..Default::default()
     }));
     let (tx, rx) = mpsc::unbounded_channel();
-    let now = Instant::now();
     let queue = pending
         .into_iter()
-        .map(|p| {
-            (
-                p.seq,
-                Item {
-                    stream: p.stream_id.into(),
-                    attempts: p.attempts,
-                    due: now,
-                    in_flight: false,
-                },
-            )
-        })
+        .map(|p| (p.seq, Item::new(p.stream_id.into(), p.attempts)))
         .collect::<BTreeMap<_, _>>();
     if !queue.is_empty() {
         info!(endpoint = %spec.name, pending = queue.len(), "resuming deliveries left from the last run");
@@ -174,6 +192,7 @@ pub fn spawn(
         view: view.clone(),
         inflight: JoinSet::new(),
         dead,
+        epoch: 0,
     };
     let task = tokio::spawn(worker.run(rx, cancel, drain));
     Ok((EndpointHandle { spec, tx, view }, task))
@@ -186,8 +205,11 @@ struct Worker {
     disabled: bool,
     throttled_until: Option<Instant>,
     view: Arc<Mutex<EndpointView>>,
-    inflight: JoinSet<(u64, Outcome, Option<StoredEvent>)>,
+    inflight: JoinSet<(u64, u64, Outcome, Option<StoredEvent>)>,
     dead: usize,
+    /// Bumped by re-enabling: answers to attempts started before it are not held against
+    /// the endpoint.
+    epoch: u64,
 }
 
 impl Worker {
@@ -216,7 +238,7 @@ impl Worker {
                 },
                 Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => {
                     match done {
-                        Ok((seq, outcome, event)) => self.finish(seq, outcome, event).await,
+                        Ok((seq, epoch, outcome, event)) => self.finish(seq, epoch, outcome, event).await,
                         Err(e) => error!(endpoint = %self.ep.spec.name, "delivery task failed: {e}"),
                     }
                 }
@@ -249,13 +271,18 @@ impl Worker {
             }
             self.throttled_until = None;
         }
-        let mut heads: HashSet<Arc<str>> = HashSet::new();
+        // one event per stream at a time, and only its oldest pending one
+        let mut heads: HashSet<Arc<str>> = self
+            .queue
+            .values()
+            .filter(|i| i.in_flight)
+            .map(|i| i.stream.clone())
+            .collect();
         let mut next: Option<Instant> = None;
         let mut starts = Vec::new();
         let mut slots = self.ep.spec.concurrency.saturating_sub(self.inflight.len());
         for (seq, item) in &self.queue {
-            // only the oldest pending event of each stream may be attempted
-            if !heads.insert(item.stream.clone()) || item.in_flight {
+            if !heads.insert(item.stream.clone()) {
                 continue;
             }
             if item.due <= now {
@@ -267,30 +294,26 @@ impl Worker {
                 next = Some(next.map_or(item.due, |n| n.min(item.due)));
             }
         }
+        let epoch = self.epoch;
         for seq in starts {
             self.queue.get_mut(&seq).expect("queued").in_flight = true;
             let (ep, store) = (self.ep.clone(), self.store.clone());
             self.inflight.spawn(async move {
-                let event = tokio::task::spawn_blocking(move || store.event(seq))
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok())
-                    .flatten();
-                let outcome = match &event {
-                    Some(ev) => attempt(&ep, ev).await,
-                    None => Outcome::Failed {
-                        status: None,
-                        error: "event missing from the outbox".into(),
-                        label: "error",
-                    },
+                let (event, outcome) = match blocking(move || store.event(seq)).await {
+                    Ok(Some(ev)) => {
+                        let o = attempt(&ep, &ev).await;
+                        (Some(ev), o)
+                    }
+                    Ok(None) => (None, Outcome::Internal("event missing from the outbox".into())),
+                    Err(e) => (None, Outcome::Internal(format!("outbox read failed: {e:#}"))),
                 };
-                (seq, outcome, event)
+                (seq, epoch, outcome, event)
             });
         }
         next
     }
 
-    async fn finish(&mut self, seq: u64, outcome: Outcome, event: Option<StoredEvent>) {
+    async fn finish(&mut self, seq: u64, epoch: u64, outcome: Outcome, event: Option<StoredEvent>) {
         let m = metrics();
         let name = self.ep.spec.name.clone();
         let Some(item) = self.queue.get_mut(&seq) else {
@@ -298,12 +321,24 @@ impl Worker {
         };
         item.in_flight = false;
         let now = Instant::now();
+        if let Outcome::Internal(e) = &outcome {
+            error!(endpoint = %name, seq, "{e}; trying again in 5 s");
+            item.due = now + Duration::from_secs(5);
+            return;
+        }
+        let stale = epoch != self.epoch;
+        if !matches!(outcome, Outcome::Delivered(_)) && (self.disabled || stale) {
+            // the endpoint was disabled (or re-enabled) meanwhile: this answer does not count
+            item.due = now;
+            return;
+        }
         let label = match &outcome {
             Outcome::Delivered(_) => "2xx",
             Outcome::Gone => "410",
             Outcome::Throttled { status: 429, .. } => "429",
             Outcome::Throttled { .. } => "5xx",
             Outcome::Failed { label, .. } => label,
+            Outcome::Internal(_) => unreachable!("handled above"),
         };
         m.webhook_attempts.with_label_values(&[&name, label]).inc();
         let (status, last_status, last_error) = match outcome {
@@ -322,8 +357,9 @@ impl Worker {
                     }
                     info!(endpoint = %name, incident = %ev.incident_id, event = %ev.event_id, kind = ev.kind.as_str(), attempts = item.attempts + 1, "webhook delivered");
                 }
-                // the receiver answers again: whatever waits for a retry goes now
-                for it in self.queue.values_mut() {
+                // the receiver answers again: retries that waited for it go now (not those it
+                // refused on their merits)
+                for it in self.queue.values_mut().filter(|i| i.transient) {
                     it.due = it.due.min(now);
                 }
                 self.save(seq, DeliveryStatus::Delivered, item.attempts + 1, Some(code), None)
@@ -341,11 +377,7 @@ impl Worker {
                     reason: Some(reason.clone()),
                 };
                 let n = name.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || store.set_endpoint(&n, &st))
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| r)
-                {
+                if let Err(e) = blocking(move || store.set_endpoint(&n, &st)).await {
                     error!(endpoint = %name, "cannot persist the disabled endpoint: {e:#}");
                 }
                 {
@@ -357,6 +389,15 @@ impl Worker {
                     .with_label_values(&[&name])
                     .set(1);
                 // not an attempt against the schedule: it waits for re-enabling
+                let attempts = self.queue[&seq].attempts;
+                self.save(
+                    seq,
+                    DeliveryStatus::Pending,
+                    attempts,
+                    Some(410),
+                    Some("410 Gone: endpoint disabled".into()),
+                )
+                .await;
                 return;
             }
             Outcome::Throttled {
@@ -366,6 +407,7 @@ impl Worker {
                 let attempts = {
                     let item = self.queue.get_mut(&seq).expect("queued");
                     item.attempts += 1;
+                    item.transient = true;
                     item.attempts
                 };
                 let wait = retry_after
@@ -386,6 +428,8 @@ impl Worker {
                 let attempts = {
                     let item = self.queue.get_mut(&seq).expect("queued");
                     item.attempts += 1;
+                    // no answer at all: a receiver coming back fixes it
+                    item.transient = status.is_none();
                     item.attempts
                 };
                 let delay = self.delay(attempts);
@@ -393,6 +437,7 @@ impl Worker {
                 warn!(endpoint = %name, seq, attempts, error = %error, "webhook attempt failed");
                 (self.next_status(seq), status, Some(error))
             }
+            Outcome::Internal(_) => unreachable!("handled above"),
         };
         self.view.lock().last_error = last_error.clone();
         let attempts = self.queue[&seq].attempts;
@@ -455,11 +500,7 @@ impl Worker {
             updated_unix_ms: unix_ms(SystemTime::now()),
         };
         let (store, name) = (self.store.clone(), self.ep.spec.name.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || store.record(&name, seq, &st))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
-        {
+        if let Err(e) = blocking(move || store.record(&name, seq, &st)).await {
             error!(endpoint = %self.ep.spec.name, seq, "cannot record the delivery state: {e:#}");
         }
     }
@@ -467,26 +508,17 @@ impl Worker {
     async fn control(&mut self, c: Control) {
         match c {
             Control::New { seq, stream_id } => {
-                self.queue.insert(
-                    seq,
-                    Item {
-                        stream: stream_id,
-                        attempts: 0,
-                        due: Instant::now(),
-                        in_flight: false,
-                    },
-                );
+                self.queue.insert(seq, Item::new(stream_id, 0));
             }
             Control::Enable(reply) => {
                 self.disabled = false;
+                self.epoch += 1;
                 self.throttled_until = None;
                 let (store, name) = (self.store.clone(), self.ep.spec.name.clone());
-                let r = tokio::task::spawn_blocking(move || {
-                    store.set_endpoint(&name, &EndpointState::default())
-                })
-                .await;
-                if !matches!(r, Ok(Ok(()))) {
-                    error!(endpoint = %self.ep.spec.name, "cannot persist re-enabling");
+                if let Err(e) =
+                    blocking(move || store.set_endpoint(&name, &EndpointState::default())).await
+                {
+                    error!(endpoint = %self.ep.spec.name, "cannot persist re-enabling: {e:#}");
                 }
                 {
                     let mut v = self.view.lock();
@@ -506,41 +538,11 @@ impl Worker {
             }
             Control::Redeliver { seq, reply } => {
                 let (store, name) = (self.store.clone(), self.ep.spec.name.clone());
-                let r = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(u64, String)>> {
-                    let mut moved = Vec::new();
-                    for (ev, st) in store.dead_letters(&name)? {
-                        if seq.is_some_and(|s| s != ev.seq) {
-                            continue;
-                        }
-                        store.record(
-                            &name,
-                            ev.seq,
-                            &DeliveryState {
-                                status: DeliveryStatus::Pending,
-                                attempts: 0,
-                                updated_unix_ms: unix_ms(SystemTime::now()),
-                                ..st
-                            },
-                        )?;
-                        moved.push((ev.seq, ev.stream_id));
-                    }
-                    Ok(moved)
-                })
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r);
+                let r = blocking(move || store.requeue_dead(&name, seq)).await;
                 let r = r.map(|moved| {
                     let n = moved.len();
                     for (seq, stream) in moved {
-                        self.queue.insert(
-                            seq,
-                            Item {
-                                stream: stream.into(),
-                                attempts: 0,
-                                due: Instant::now(),
-                                in_flight: false,
-                            },
-                        );
+                        self.queue.insert(seq, Item::new(stream.into(), 0));
                     }
                     self.dead = self.dead.saturating_sub(n);
                     n
@@ -626,7 +628,13 @@ async fn attempt(ep: &Endpoint, ev: &StoredEvent) -> Outcome {
                 _ => Outcome::Failed {
                     status: Some(code),
                     error: format!("HTTP {status}"),
-                    label: if status.is_client_error() { "4xx" } else { "5xx" },
+                    label: if status.is_redirection() {
+                        "3xx"
+                    } else if status.is_client_error() {
+                        "4xx"
+                    } else {
+                        "5xx"
+                    },
                 },
             }
         }

@@ -83,29 +83,28 @@ pub struct AlertsHandle {
     commands: Sender<Command>,
 }
 
+type IncidentReply = oneshot::Sender<Result<Incident, IncidentError>>;
+
 impl AlertsHandle {
-    pub async fn acknowledge(&self, id: &str, by: Actor) -> anyhow::Result<Result<Incident, IncidentError>> {
+    async fn ask(
+        &self,
+        make: impl FnOnce(IncidentReply) -> Command,
+    ) -> anyhow::Result<Result<Incident, IncidentError>> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Acknowledge {
-                id: id.into(),
-                by,
-                reply,
-            })
+            .send(make(reply))
             .context("the decision stage has stopped")?;
         Ok(rx.await?)
     }
 
+    pub async fn acknowledge(&self, id: &str, by: Actor) -> anyhow::Result<Result<Incident, IncidentError>> {
+        let id = id.to_string();
+        self.ask(|reply| Command::Acknowledge { id, by, reply }).await
+    }
+
     pub async fn resolve(&self, id: &str, by: Actor) -> anyhow::Result<Result<Incident, IncidentError>> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Resolve {
-                id: id.into(),
-                by,
-                reply,
-            })
-            .context("the decision stage has stopped")?;
-        Ok(rx.await?)
+        let id = id.to_string();
+        self.ask(|reply| Command::Resolve { id, by, reply }).await
     }
 
     /// Sets the metadata the platform attached to a stream.
@@ -175,6 +174,7 @@ impl AlertService {
             endpoints: endpoints.clone(),
             thumbnails: thumbnails.clone(),
             policy: config.alerts.clone(),
+            backlog: Default::default(),
         };
         let decider = std::thread::Builder::new()
             .name("lw-decide".into())
@@ -210,7 +210,13 @@ impl AlertService {
     /// at most [`DRAIN`]. What is still pending stays in the outbox for the next start.
     pub async fn shutdown(self) {
         let decider = self.decider;
-        let _ = tokio::task::spawn_blocking(move || decider.join()).await;
+        // the decision thread ends once the hash threads are gone; should they hang, the
+        // deliveries still get their drain
+        let _ = tokio::time::timeout(
+            Duration::from_secs(15),
+            tokio::task::spawn_blocking(move || decider.join()),
+        )
+        .await;
         drop(self.handle);
         self.cancel.cancel();
         for w in self.workers {
@@ -225,27 +231,24 @@ struct Committer {
     endpoints: Arc<Vec<EndpointHandle>>,
     thumbnails: PathBuf,
     policy: AlertPolicy,
+    /// Events whose commit failed, retried in order before any newer one.
+    backlog: std::collections::VecDeque<Outgoing>,
 }
 
 fn decide_loop(
     mut decider: Decider,
-    ctx: Committer,
+    mut ctx: Committer,
     detections: Receiver<Detection>,
     commands: Receiver<Command>,
     beat: crate::health::Beat,
 ) {
     let m = metrics();
-    let mut thumb = |incident_id: &str, frame: &crate::decode::Frame| -> Option<String> {
-        let made = thumbnail::encode(frame, ctx.policy.thumbnail_width)
-            .map_err(anyhow::Error::from)
-            .and_then(|jpeg| Ok(thumbnail::write(&ctx.thumbnails, incident_id, &jpeg)?));
-        match made {
-            Ok(_) => Some(format!("/v1/alerts/{incident_id}/thumbnail")),
-            Err(e) => {
-                warn!(incident = %incident_id, "evidence thumbnail not stored: {e:#}");
-                None
-            }
-        }
+    // Thumbnails are encoded after the event is committed, off this thread: the alert never
+    // waits for its evidence.
+    let thumbs: std::cell::RefCell<Vec<(String, Arc<crate::decode::Frame>)>> = Default::default();
+    let mut thumb = |incident_id: &str, frame: &Arc<crate::decode::Frame>| -> Option<String> {
+        thumbs.borrow_mut().push((incident_id.to_string(), frame.clone()));
+        Some(format!("/v1/alerts/{incident_id}/thumbnail"))
     };
     loop {
         beat.beat();
@@ -254,7 +257,10 @@ fn decide_loop(
                 Ok(d) => {
                     let now = Instant::now();
                     if let Some(out) = decider.detect(&d, now, &mut thumb) {
-                        ctx.commit(&out);
+                        ctx.commit(out);
+                    }
+                    for (id, frame) in thumbs.borrow_mut().drain(..) {
+                        ctx.write_thumbnail(id, frame);
                     }
                 }
                 Err(_) => break,
@@ -270,23 +276,62 @@ fn decide_loop(
                     }
                 };
                 let _ = reply.send(result.map(|out| {
-                    ctx.commit(&out);
-                    out.incident
+                    let incident = out.incident.clone();
+                    ctx.commit(out);
+                    incident
                 }));
             },
             default(Duration::from_millis(200)) => {}
         }
         for out in decider.tick(Instant::now()) {
-            ctx.commit(&out);
+            ctx.commit(out);
         }
+        ctx.retry_backlog();
         m.incidents_open.set(decider.open_incidents() as i64);
+    }
+    ctx.retry_backlog();
+    if !ctx.backlog.is_empty() {
+        error!(events = ctx.backlog.len(), "stopping with events the outbox could not take: they are lost");
     }
     info!("decision stage stopped; open incidents stay open for the next start");
 }
 
 impl Committer {
-    /// Commits an event durably, then queues it for every endpoint that wants it.
-    fn commit(&self, out: &Outgoing) {
+    /// Commits an event (after any held back by a failing disk, to keep their order).
+    fn commit(&mut self, out: Outgoing) {
+        self.backlog.push_back(out);
+        self.retry_backlog();
+    }
+
+    fn retry_backlog(&mut self) {
+        while let Some(out) = self.backlog.front() {
+            if !self.try_commit(out) {
+                return;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    fn write_thumbnail(&self, incident_id: String, frame: Arc<crate::decode::Frame>) {
+        let (dir, width) = (self.thumbnails.clone(), self.policy.thumbnail_width);
+        let spawned = std::thread::Builder::new()
+            .name("lw-thumbnail".into())
+            .spawn(move || {
+                let made = thumbnail::encode(&frame, width)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|jpeg| Ok(thumbnail::write(&dir, &incident_id, &jpeg)?));
+                if let Err(e) = made {
+                    warn!(incident = %incident_id, "evidence thumbnail not stored: {e:#}");
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("evidence thumbnail not stored: {e}");
+        }
+    }
+
+    /// Commits an event durably, then queues it for every endpoint that wants it. False when
+    /// the outbox refused it (the caller keeps it and tries again).
+    fn try_commit(&self, out: &Outgoing) -> bool {
         let m = metrics();
         let inc = &out.incident;
         let wanted: Vec<&EndpointHandle> = self
@@ -321,22 +366,13 @@ impl Committer {
                 body,
             }
         };
-        // A failing disk is retried briefly; the event is never sent uncommitted.
-        let mut tries = 0;
-        let event = loop {
-            match self.store.commit(inc, &names, make) {
-                Ok(e) => break e,
-                Err(e) if tries < 3 => {
-                    tries += 1;
-                    warn!(incident = %inc.incident_id, "outbox commit failed, retrying: {e:#}");
-                    std::thread::sleep(Duration::from_millis(100 * tries));
-                    continue;
-                }
-                Err(e) => {
-                    m.outbox_errors.inc();
-                    error!(incident = %inc.incident_id, event = out.kind.as_str(), "outbox commit failed; this event is lost: {e:#}");
-                    return;
-                }
+        // The event is never sent uncommitted: on a failing disk it waits, in order.
+        let event = match self.store.commit(inc, &names, make) {
+            Ok(e) => e,
+            Err(e) => {
+                m.outbox_errors.inc();
+                error!(incident = %inc.incident_id, event = out.kind.as_str(), "outbox commit failed; held in memory and retried: {e:#}");
+                return false;
             }
         };
         m.incident_events
@@ -366,6 +402,7 @@ impl Committer {
                 stream_id: stream.clone(),
             });
         }
+        true
     }
 }
 
@@ -374,7 +411,9 @@ async fn janitor(store: Arc<Outbox>, thumbs: PathBuf, policy: AlertPolicy, cance
     loop {
         let (s, t, p) = (store.clone(), thumbs.clone(), policy.clone());
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
-            let cutoff = SystemTime::now() - p.history;
+            let cutoff = SystemTime::now()
+                .checked_sub(p.history)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
             let incidents = s.prune(cutoff)?;
             let files = store::prune_thumbnails(&t, p.evidence_retention, p.evidence_max_bytes)?;
             Ok((incidents, files))
@@ -385,6 +424,7 @@ async fn janitor(store: Arc<Outbox>, thumbs: PathBuf, policy: AlertPolicy, cance
                 info!(incidents = i, thumbnails = f, "old incidents and evidence removed")
             }
             Ok(Err(e)) => warn!("outbox clean-up failed: {e:#}"),
+            Err(e) => warn!("outbox clean-up failed: {e}"),
             _ => {}
         }
         tokio::select! {

@@ -86,6 +86,14 @@ pub struct PendingDelivery {
     pub attempts: u32,
 }
 
+fn endpoint_names(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> anyhow::Result<Vec<String>> {
+    Ok(t.iter()?
+        .map(|r| r.map(|(k, _)| k.value().to_string()))
+        .collect::<Result<_, _>>()?)
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -240,6 +248,44 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Moves dead letters of an endpoint (one, or all) back to pending with a fresh schedule,
+    /// in one transaction. Returns the (seq, stream) of those moved.
+    pub fn requeue_dead(
+        &self,
+        endpoint: &str,
+        only: Option<u64>,
+    ) -> anyhow::Result<Vec<(u64, String)>> {
+        let tx = self.db.begin_write()?;
+        let mut moved = Vec::new();
+        {
+            let mut dead = tx.open_table(DEAD)?;
+            let mut pending = tx.open_table(PENDING)?;
+            let mut deliveries = tx.open_table(DELIVERIES)?;
+            let events = tx.open_table(EVENTS)?;
+            let seqs: Vec<u64> = dead
+                .range((endpoint, 0)..=(endpoint, u64::MAX))?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for seq in seqs.into_iter().filter(|s| only.is_none_or(|o| o == *s)) {
+                let Some(ev) = events.get(seq)? else { continue };
+                let ev: StoredEvent = parse(ev.value(), "event")?;
+                let state = DeliveryState {
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    last_status: None,
+                    last_error: None,
+                    updated_unix_ms: unix_ms(SystemTime::now()),
+                };
+                deliveries.insert((endpoint, seq), json(&state).as_slice())?;
+                dead.remove((endpoint, seq))?;
+                pending.insert((endpoint, seq), ())?;
+                moved.push((seq, ev.stream_id));
+            }
+        }
+        tx.commit()?;
+        Ok(moved)
+    }
+
     pub fn dead_count(&self, endpoint: &str) -> anyhow::Result<usize> {
         let tx = self.db.begin_read()?;
         let dead = tx.open_table(DEAD)?;
@@ -324,11 +370,7 @@ impl Outbox {
         let ie = tx.open_table(INCIDENT_EVENTS)?;
         let events = tx.open_table(EVENTS)?;
         let deliveries = tx.open_table(DELIVERIES)?;
-        let endpoints: Vec<String> = tx
-            .open_table(ENDPOINTS)?
-            .iter()?
-            .map(|r| r.map(|(k, _)| k.value().to_string()))
-            .collect::<Result<_, _>>()?;
+        let endpoints = endpoint_names(&tx.open_table(ENDPOINTS)?)?;
         let mut out = Vec::new();
         for row in ie.range((id, 0)..=(id, u64::MAX))? {
             let seq = row?.0.value().1;
@@ -347,14 +389,20 @@ impl Outbox {
 
     /// Makes sure an endpoint is listed (so its deliveries show in the API).
     pub fn register_endpoint(&self, name: &str) -> anyhow::Result<EndpointState> {
-        let state = self.endpoint(name)?;
-        let tx = self.db.begin_read()?;
-        let known = tx.open_table(ENDPOINTS)?.get(name)?.is_some();
-        drop(tx);
-        if !known {
-            self.set_endpoint(name, &state)?;
+        let known = {
+            let tx = self.db.begin_read()?;
+            let t = tx.open_table(ENDPOINTS)?;
+            let v = t.get(name)?;
+            v.map(|v| parse::<EndpointState>(v.value(), "endpoint")).transpose()?
+        };
+        match known {
+            Some(state) => Ok(state),
+            None => {
+                let state = EndpointState::default();
+                self.set_endpoint(name, &state)?;
+                Ok(state)
+            }
         }
-        Ok(state)
     }
 
     /// Deletes resolved incidents last updated before `cutoff`, with their events and delivery
@@ -371,11 +419,7 @@ impl Outbox {
             let mut deliveries = tx.open_table(DELIVERIES)?;
             let pending = tx.open_table(PENDING)?;
             let dead = tx.open_table(DEAD)?;
-            let endpoints: Vec<String> = tx
-                .open_table(ENDPOINTS)?
-                .iter()?
-                .map(|r| r.map(|(k, _)| k.value().to_string()))
-                .collect::<Result<_, _>>()?;
+            let endpoints = endpoint_names(&tx.open_table(ENDPOINTS)?)?;
             let mut doomed = Vec::new();
             for row in incidents.iter()? {
                 let (k, v) = row?;
