@@ -12,6 +12,8 @@ APT_PACKAGES=(
   ffmpeg
   # test certificates for the HTTPS / mutual-TLS webhook tests
   openssl
+  # promtool: checks the alert rules, their unit tests and a live /metrics scrape
+  prometheus
   # test RTSP server: GStreamer's gst-rtsp-server driven from Python
   python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
@@ -35,7 +37,7 @@ fi
 
 # Project-local Python environment for the reference oracles and the webhook verifier used by
 # the tests (Meta's PDQ and vPDQ through `pdqhash` and `vpdq`, the Standard Webhooks reference library).
-PY_PACKAGES=(numpy pillow "pdqhash==0.2.8" "vpdq==0.2.5" "standardwebhooks==1.0.1")
+PY_PACKAGES=(numpy pillow "pdqhash==0.2.8" "vpdq==0.2.5" "standardwebhooks==1.0.1" "openapi-spec-validator==0.9.0")
 VENV=.venv
 stamp="$VENV/.livewatch-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then

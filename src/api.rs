@@ -18,7 +18,10 @@ use subtle::ConstantTimeEq as _;
 
 use crate::alert::{AlertsHandle, StoredEvent};
 use crate::bank::Banks;
-use crate::decide::Actor;
+use crate::decide::{Actor, Incident};
+use crate::manager::StreamView;
+use crate::alert::EndpointView;
+use crate::Reloaded;
 use crate::hash::BackendInfo;
 use crate::manager::{Manager, StreamError, StreamRequest};
 use crate::metrics::metrics;
@@ -50,7 +53,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .route("/v1/status", get(status))
@@ -120,10 +123,66 @@ async fn authenticate(State(s): State<ApiState>, req: Request, next: Next) -> Re
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "the process answers")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Every error body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, in words.
+    pub error: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StreamList {
+    pub streams: Vec<crate::manager::StreamView>,
+    pub capacity: crate::manager::Load,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<Incident>,
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "livewatch", description = "Control API of the livewatch appliance"),
+    paths(metrics_text, healthz, readyz, openapi, status, reload_all, list_streams, get_stream,
+        put_stream, delete_stream, list_banks, reload_banks, add_bank_items, list_alerts,
+        get_alert, get_thumbnail, acknowledge, resolve, list_webhooks, enable_webhook,
+        dead_letters, redeliver_all, redeliver_one),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
+    doc.info.version = crate::VERSION.to_string();
+    serde_json::to_value(doc).expect("the document serialises")
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition of every livewatch_ metric", content_type = "text/plain")))]
 async fn metrics_text() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -131,6 +190,8 @@ async fn metrics_text() -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "running"), (status = 503, description = "starting or stopping")))]
 async fn readyz(State(s): State<ApiState>) -> Response {
     if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
@@ -139,6 +200,8 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "version, hash backend and GPU adapter, ONNX providers, queue depths, capacity, banks", body = serde_json::Value), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn status(State(s): State<ApiState>) -> impl IntoResponse {
     let webhooks: Vec<_> = s
         .alerts
@@ -161,10 +224,15 @@ async fn status(State(s): State<ApiState>) -> impl IntoResponse {
     }))
 }
 
+#[utoipa::path(get, path = "/v1/streams", tag = "streams", security(("bearer" = [])),
+    responses((status = 200, description = "every stream with its state and counters, and the load figure", body = StreamList), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn list_streams(State(s): State<ApiState>) -> impl IntoResponse {
     Json(json!({ "streams": s.manager.list(), "capacity": s.manager.load() }))
 }
 
+#[utoipa::path(get, path = "/v1/streams/{id}", tag = "streams", security(("bearer" = [])),
+    params(("id" = String, Path, description = "stream id")),
+    responses((status = 200, body = StreamView), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn get_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.manager.get(&id) {
         Some(v) => Json(v).into_response(),
@@ -172,6 +240,17 @@ async fn get_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
     }
 }
 
+#[utoipa::path(put, path = "/v1/streams/{id}", tag = "streams", security(("bearer" = [])),
+    params(("id" = String, Path, description = "stream id: letters, digits, - _ . : (at most 128)")),
+    request_body = StreamRequest,
+    responses(
+        (status = 201, description = "created and started", body = StreamView),
+        (status = 200, description = "updated (restarted) or unchanged; `applied` says which", body = StreamView),
+        (status = 400, description = "body is not valid JSON of this shape", body = ErrorBody),
+        (status = 409, description = "the stream is defined in the config file", body = ErrorBody),
+        (status = 422, description = "invalid id, URL or sampling", body = ErrorBody),
+        (status = 429, description = "at capacity (server.max_streams)", body = ErrorBody),
+        (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn put_stream(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let req: StreamRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -210,6 +289,10 @@ fn stream_error(e: StreamError) -> Response {
     error(code, &e.to_string())
 }
 
+#[utoipa::path(delete, path = "/v1/streams/{id}", tag = "streams", security(("bearer" = [])),
+    params(("id" = String, Path, description = "stream id")),
+    responses((status = 204, description = "stopped and forgotten"), (status = 404, body = ErrorBody),
+        (status = 409, description = "the stream is defined in the config file", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn delete_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let m = s.manager.clone();
     let id2 = id.clone();
@@ -221,6 +304,8 @@ async fn delete_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Res
     }
 }
 
+#[utoipa::path(get, path = "/v1/banks", tag = "banks", security(("bearer" = [])),
+    responses((status = 200, description = "banks with version, size, threshold, severity, action", body = serde_json::Value), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn list_banks(State(s): State<ApiState>) -> impl IntoResponse {
     let banks = s.banks.load();
     let list: Vec<_> = banks
@@ -231,6 +316,8 @@ async fn list_banks(State(s): State<ApiState>) -> impl IntoResponse {
     Json(json!({ "banks": list }))
 }
 
+#[utoipa::path(post, path = "/v1/banks/reload", tag = "banks", security(("bearer" = [])),
+    responses((status = 200, body = Reloaded), (status = 422, description = "a bank or the config is invalid; nothing changed", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn reload_banks(State(s): State<ApiState>) -> Response {
     match s.reload.reload(true).await {
         Ok(r) => Json(r).into_response(),
@@ -238,6 +325,9 @@ async fn reload_banks(State(s): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/v1/reload", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "banks and the config file's streams reloaded (as SIGHUP does)", body = Reloaded),
+        (status = 422, description = "invalid config or bank; nothing changed", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn reload_all(State(s): State<ApiState>) -> Response {
     match s.reload.reload(false).await {
         Ok(r) => Json(r).into_response(),
@@ -247,6 +337,12 @@ async fn reload_all(State(s): State<ApiState>) -> Response {
 
 /// Adds items to a bank: a body of PDQ lines (`hex[,item_id[,label]]`, as in bank files),
 /// validated whole, kept in the state directory and matched after the bank reloads.
+#[utoipa::path(post, path = "/v1/banks/{name}/items", tag = "banks", security(("bearer" = [])),
+    params(("name" = String, Path, description = "bank name")),
+    request_body(content = String, content_type = "text/plain", description = "PDQ lines: hex[,item_id[,label]]"),
+    responses((status = 200, description = "items added, persisted and matched from now on", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "a bad line (named); nothing added", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
     if !s.banks.load().banks.iter().any(|b| *b.name == *name) {
         return error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}"));
@@ -271,8 +367,10 @@ async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, bod
 }
 
 /// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", body = serde_json::Value)))]
 async fn openapi() -> impl IntoResponse {
-    Json(crate::openapi::document())
+    Json(openapi_document())
 }
 
 /// Outbox reads run off the async threads.
@@ -297,6 +395,9 @@ struct AlertQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("bearer" = [])),
+    params(("stream" = Option<String>, Query, description = "only this stream's"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
+    responses((status = 200, description = "incidents, newest first", body = AlertList), (status = 400, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn list_alerts(State(s): State<ApiState>, q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>) -> Response {
     let Ok(Query(q)) = q else {
         return error(
@@ -325,6 +426,10 @@ fn event_json(ev: &StoredEvent) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "incident id")),
+    responses((status = 200, description = "the incident, with `event_log`: its events and each endpoint's delivery", body = Incident),
+        (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let (store, id2) = (s.alerts.store.clone(), id.clone());
     let found = blocking(move || {
@@ -361,6 +466,10 @@ async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Respons
     Json(body).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/alerts/{id}/thumbnail", tag = "alerts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "incident id")),
+    responses((status = 200, description = "the evidence JPEG", content_type = "image/jpeg"),
+        (status = 404, description = "not stored (bank forbids it) or expired", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn get_thumbnail(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     // ids are UUIDs: anything else cannot name a file of ours
     if uuid::Uuid::parse_str(&id).is_err() {
@@ -375,9 +484,10 @@ async fn get_thumbnail(State(s): State<ApiState>, Path(id): Path<String>) -> Res
     }
 }
 
-#[derive(Deserialize, Default)]
+/// Who acknowledges or resolves, and why (both optional).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ActorRequest {
+pub struct ActorRequest {
     by: Option<String>,
     note: Option<String>,
 }
@@ -400,6 +510,10 @@ fn actor(body: &Bytes) -> Result<Actor, Response> {
     })
 }
 
+#[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge", tag = "alerts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "incident id")), request_body(content = Option<ActorRequest>),
+    responses((status = 200, body = Incident), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "already resolved", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn acknowledge(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let by = match actor(&body) {
         Ok(a) => a,
@@ -408,6 +522,10 @@ async fn acknowledge(State(s): State<ApiState>, Path(id): Path<String>, body: By
     incident_change(&s, &id, s.alerts.acknowledge(&id, by).await)
 }
 
+#[utoipa::path(post, path = "/v1/alerts/{id}/resolve", tag = "alerts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "incident id")), request_body(content = Option<ActorRequest>),
+    responses((status = 200, body = Incident), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "already resolved", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn resolve(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let by = match actor(&body) {
         Ok(a) => a,
@@ -431,6 +549,8 @@ fn incident_change(
     }
 }
 
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+    responses((status = 200, description = "every endpoint's queue and state", body = serde_json::Value), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn list_webhooks(State(s): State<ApiState>) -> impl IntoResponse {
     let list: Vec<_> = s.alerts.endpoints.iter().map(|e| e.view.lock().clone()).collect();
     Json(json!({ "webhooks": list }))
@@ -442,6 +562,9 @@ fn endpoint<'a>(s: &'a ApiState, name: &str) -> Result<&'a crate::alert::Endpoin
         .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("no webhook named {name:?}")))
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{name}/enable", tag = "webhooks", security(("bearer" = [])),
+    params(("name" = String, Path, description = "webhook name")),
+    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn enable_webhook(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     let ep = match endpoint(&s, &name) {
         Ok(e) => e,
@@ -454,6 +577,9 @@ async fn enable_webhook(State(s): State<ApiState>, Path(name): Path<String>) -> 
     Json(ep.view.lock().clone()).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/webhooks/{name}/dead-letters", tag = "webhooks", security(("bearer" = [])),
+    params(("name" = String, Path, description = "webhook name")),
+    responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn dead_letters(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     if let Err(r) = endpoint(&s, &name) {
         return r;
@@ -515,10 +641,16 @@ async fn redeliver(s: &ApiState, name: &str, event_id: Option<&str>) -> Response
     }
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{name}/dead-letters/redeliver", tag = "webhooks", security(("bearer" = [])),
+    params(("name" = String, Path, description = "webhook name")),
+    responses((status = 200, description = "`requeued`: how many", body = serde_json::Value), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn redeliver_all(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     redeliver(&s, &name, None).await
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{name}/dead-letters/{event_id}/redeliver", tag = "webhooks", security(("bearer" = [])),
+    params(("name" = String, Path, description = "webhook name"), ("event_id" = String, Path, description = "the webhook-id")),
+    responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn redeliver_one(
     State(s): State<ApiState>,
     Path((name, event_id)): Path<(String, String)>,

@@ -207,7 +207,7 @@ fn default_listen() -> Spanned<String> {
 }
 
 /// How frames are chosen for analysis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplingMode {
     /// Decode and analyse keyframes only (IDR, CRA, recovery points): cheapest.

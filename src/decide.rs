@@ -39,7 +39,7 @@ pub struct Detection {
 }
 
 /// Why an incident was opened.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// A sampled frame is within a bank's distance of a banked hash.
@@ -62,7 +62,7 @@ impl Reason {
 }
 
 /// How serious a finding is; banks and models say which.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Low,
@@ -83,7 +83,7 @@ impl Severity {
 }
 
 /// What the appliance recommends the platform does; ordered from mildest to strongest.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Record it; no human needed yet.
@@ -95,7 +95,7 @@ pub enum Action {
 }
 
 /// Where an incident stands.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Open,
@@ -128,14 +128,14 @@ impl EventKind {
 }
 
 /// A moment of evidence: when its frame arrived, and where it sits on the stream's clock.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EvidenceTime {
     pub at: String,
     pub pts_seconds: Option<f64>,
 }
 
 /// What a detection found. Tagged by `kind` so later reasons add their own shape.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Evidence {
     HashMatch {
@@ -153,7 +153,7 @@ pub enum Evidence {
 }
 
 /// One banked item that matched during an incident.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MatchedItem {
     pub bank: String,
     pub bank_version: String,
@@ -163,7 +163,7 @@ pub struct MatchedItem {
 }
 
 /// Who closed or acknowledged an incident, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Actor {
     pub by: String,
     pub at: String,
@@ -172,9 +172,10 @@ pub struct Actor {
 }
 
 /// The stream an incident is about, with whatever the platform attached to it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StreamRef {
     pub id: String,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -182,7 +183,7 @@ pub struct StreamRef {
 pub const MAX_ITEMS: usize = 32;
 
 /// An incident: what the API shows as an alert and what every webhook event carries.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Incident {
     pub incident_id: String,
     pub stream: StreamRef,

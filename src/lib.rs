@@ -16,7 +16,6 @@ pub mod hash;
 pub mod health;
 pub mod manager;
 pub mod metrics;
-pub mod openapi;
 pub mod redact;
 pub mod source;
 pub mod stream;
@@ -192,11 +191,14 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     manager.start_all(&config.streams)?;
     tokio::spawn(manager.clone().measure_rates());
 
+    // SIGHUP's default action ends the process: take it over before telling systemd we run
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let hup = tokio::spawn(reload.clone().on_sighup(hup, cancel.clone()));
     ready.store(true, Ordering::Release);
     info!(listen = %local, streams = config.streams.len(), decode_threads, hash_threads, "livewatch running");
     systemd::notify_ready();
     let watchdog = tokio::spawn(systemd::watchdog(health.clone(), cancel.clone()));
-    let hup = tokio::spawn(reload.clone().on_sighup(cancel.clone()));
     if let Some(f) = hooks.on_ready {
         f(local);
     }
@@ -248,7 +250,7 @@ pub struct Reloader {
 }
 
 /// What a reload changed.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Reloaded {
     pub banks: Vec<String>,
     pub streams_started: usize,
@@ -292,12 +294,11 @@ impl Reloader {
     }
 
     /// Reloads on every SIGHUP, telling systemd around it.
-    async fn on_sighup(self: Arc<Self>, cancel: CancellationToken) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            warn!("cannot listen for SIGHUP; reload through the API instead");
-            return;
-        };
+    async fn on_sighup(
+        self: Arc<Self>,
+        mut hup: tokio::signal::unix::Signal,
+        cancel: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

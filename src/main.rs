@@ -11,7 +11,9 @@ use tracing::error;
 #[derive(Parser)]
 #[command(name = "livewatch", version, about)]
 struct Cli {
-    /// Log format: human-readable text, or one JSON object per line.
+    /// Log format: human-readable text, one JSON object per line, or journald (native
+    /// structured entries when the journal is reachable, else plain text without colours or
+    /// timestamps, which journald adds).
     #[arg(
         long,
         value_enum,
@@ -28,6 +30,7 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +98,19 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Journald => {
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            match tracing_journald::layer() {
+                Ok(journal) => tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("livewatch".into()))
+                    .init(),
+                Err(_) => builder.with_ansi(false).without_time().init(),
+            }
+        }
     }
 }
 

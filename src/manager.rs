@@ -51,7 +51,7 @@ impl Registry {
 }
 
 /// Where a stream was defined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Config,
@@ -59,20 +59,21 @@ pub enum Origin {
 }
 
 /// What `PUT /v1/streams/{id}` takes, and what `streams.json` keeps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamRequest {
     /// Any URL a `[[streams]]` entry accepts.
     pub url: String,
     /// Whatever the platform attaches: account, title, risk tier, ...
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Overrides of the default sampling.
     #[serde(default)]
     pub sampling: Option<SamplingRequest>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingRequest {
     pub mode: Option<SamplingMode>,
@@ -80,11 +81,12 @@ pub struct SamplingRequest {
 }
 
 /// A stream as the API lists it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StreamView {
     #[serde(flatten)]
     pub report: StreamReport,
     pub origin: Origin,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -135,7 +137,7 @@ pub struct Manager {
 }
 
 /// The load figure for schedulers: streams over capacity (1.0 = full).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Load {
     pub streams: usize,
     pub max_streams: usize,

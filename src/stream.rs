@@ -12,7 +12,7 @@ use crate::metrics::metrics;
 /// Index of a stream inside the pipeline (cheap to copy, unlike its id).
 pub type StreamKey = u32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamState {
     /// Configured, its task not yet started.
@@ -47,8 +47,9 @@ impl StreamState {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StreamError {
+    #[schema(value_type = String)]
     pub kind: &'static str,
     pub message: String,
     pub at: String,
@@ -87,11 +88,12 @@ pub struct StreamStatus {
 }
 
 /// A snapshot for the API.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StreamReport {
     pub id: String,
     pub url: String,
     pub state: StreamState,
+    #[schema(value_type = String)]
     pub sampling_mode: &'static str,
     pub sampling_fallback: bool,
     pub codec: Option<String>,

@@ -49,7 +49,7 @@ pub enum Control {
 }
 
 /// An endpoint as the API shows it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
     pub name: String,
     pub url: String,

@@ -340,9 +340,14 @@ pub fn binary() -> &'static str {
 impl Livewatch {
     /// `config` is the TOML without `[server]`; bank files must already be in `dir`.
     pub fn start(dir: tempfile::TempDir, config: &str) -> Livewatch {
+        Self::start_with(dir, config, "")
+    }
+
+    /// `server` holds extra `[server]` keys (e.g. `api_tokens = [...]`).
+    pub fn start_with(dir: tempfile::TempDir, config: &str, server: &str) -> Livewatch {
         let port = free_port();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n{config}"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n{server}\n{config}"
         );
         let path = dir.path().join("livewatch.toml");
         std::fs::write(&path, text).unwrap();
@@ -417,11 +422,34 @@ impl Livewatch {
         serde_json::from_str(&body).unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Rewrites the config file (same listener and state directory), for reload tests.
+    pub fn rewrite_config(&self, config: &str, server: &str) {
+        let text = format!(
+            "[server]\nlisten = \"{}\"\nstate_dir = \"state\"\n{server}\n{config}",
+            self.addr
+        );
+        std::fs::write(self.dir.path().join("livewatch.toml"), text).unwrap();
+    }
+
     /// Kills the process with SIGKILL (no shutdown at all) and hands back its folder.
     pub fn kill9(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, and hands back the logs and the folder (for a
+    /// restart on the same state).
+    pub fn stop_keep(mut self) -> (String, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let logs_path = dir.path().join("livewatch.log");
+        self.log = logs_path;
+        let logs = self.terminate();
+        (logs, dir)
     }
 
     /// Sends SIGTERM and waits for a clean exit.
@@ -457,11 +485,23 @@ pub fn http_request(
     path: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_request_with(addr, method, path, body, &[])
+}
+
+/// The same, with extra headers (e.g. `("Authorization", "Bearer ...")`).
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
