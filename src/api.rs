@@ -232,7 +232,7 @@ async fn list_streams(State(s): State<ApiState>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/v1/streams/{id}", tag = "streams", security(("bearer" = [])),
     params(("id" = String, Path, description = "stream id")),
-    responses((status = 200, body = StreamView), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "success", body = StreamView), (status = 404, description = "no such resource", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn get_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.manager.get(&id) {
         Some(v) => Json(v).into_response(),
@@ -291,7 +291,7 @@ fn stream_error(e: StreamError) -> Response {
 
 #[utoipa::path(delete, path = "/v1/streams/{id}", tag = "streams", security(("bearer" = [])),
     params(("id" = String, Path, description = "stream id")),
-    responses((status = 204, description = "stopped and forgotten"), (status = 404, body = ErrorBody),
+    responses((status = 204, description = "stopped and forgotten"), (status = 404, description = "no such resource", body = ErrorBody),
         (status = 409, description = "the stream is defined in the config file", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn delete_stream(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let m = s.manager.clone();
@@ -317,7 +317,7 @@ async fn list_banks(State(s): State<ApiState>) -> impl IntoResponse {
 }
 
 #[utoipa::path(post, path = "/v1/banks/reload", tag = "banks", security(("bearer" = [])),
-    responses((status = 200, body = Reloaded), (status = 422, description = "a bank or the config is invalid; nothing changed", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "success", body = Reloaded), (status = 422, description = "a bank or the config is invalid; nothing changed", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn reload_banks(State(s): State<ApiState>) -> Response {
     match s.reload.reload(true).await {
         Ok(r) => Json(r).into_response(),
@@ -341,7 +341,7 @@ async fn reload_all(State(s): State<ApiState>) -> Response {
     params(("name" = String, Path, description = "bank name")),
     request_body(content = String, content_type = "text/plain", description = "PDQ lines: hex[,item_id[,label]]"),
     responses((status = 200, description = "items added, persisted and matched from now on", body = serde_json::Value),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 400, description = "malformed request", body = ErrorBody), (status = 404, description = "no such resource", body = ErrorBody),
         (status = 422, description = "a bad line (named); nothing added", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
     if !s.banks.load().banks.iter().any(|b| *b.name == *name) {
@@ -397,7 +397,7 @@ struct AlertQuery {
 
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("bearer" = [])),
     params(("stream" = Option<String>, Query, description = "only this stream's"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
-    responses((status = 200, description = "incidents, newest first", body = AlertList), (status = 400, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "incidents, newest first", body = AlertList), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn list_alerts(State(s): State<ApiState>, q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>) -> Response {
     let Ok(Query(q)) = q else {
         return error(
@@ -429,7 +429,7 @@ fn event_json(ev: &StoredEvent) -> serde_json::Value {
 #[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts", security(("bearer" = [])),
     params(("id" = String, Path, description = "incident id")),
     responses((status = 200, description = "the incident, with `event_log`: its events and each endpoint's delivery", body = Incident),
-        (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+        (status = 404, description = "no such resource", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let (store, id2) = (s.alerts.store.clone(), id.clone());
     let found = blocking(move || {
@@ -512,7 +512,7 @@ fn actor(body: &Bytes) -> Result<Actor, Response> {
 
 #[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge", tag = "alerts", security(("bearer" = [])),
     params(("id" = String, Path, description = "incident id")), request_body(content = Option<ActorRequest>),
-    responses((status = 200, body = Incident), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, description = "success", body = Incident), (status = 400, description = "malformed request", body = ErrorBody), (status = 404, description = "no such resource", body = ErrorBody),
         (status = 409, description = "already resolved", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn acknowledge(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let by = match actor(&body) {
@@ -524,7 +524,7 @@ async fn acknowledge(State(s): State<ApiState>, Path(id): Path<String>, body: By
 
 #[utoipa::path(post, path = "/v1/alerts/{id}/resolve", tag = "alerts", security(("bearer" = [])),
     params(("id" = String, Path, description = "incident id")), request_body(content = Option<ActorRequest>),
-    responses((status = 200, body = Incident), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, description = "success", body = Incident), (status = 400, description = "malformed request", body = ErrorBody), (status = 404, description = "no such resource", body = ErrorBody),
         (status = 409, description = "already resolved", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn resolve(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     let by = match actor(&body) {
@@ -564,7 +564,7 @@ fn endpoint<'a>(s: &'a ApiState, name: &str) -> Result<&'a crate::alert::Endpoin
 
 #[utoipa::path(post, path = "/v1/webhooks/{name}/enable", tag = "webhooks", security(("bearer" = [])),
     params(("name" = String, Path, description = "webhook name")),
-    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "success", body = EndpointView), (status = 404, description = "no such resource", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn enable_webhook(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     let ep = match endpoint(&s, &name) {
         Ok(e) => e,
@@ -579,7 +579,7 @@ async fn enable_webhook(State(s): State<ApiState>, Path(name): Path<String>) -> 
 
 #[utoipa::path(get, path = "/v1/webhooks/{name}/dead-letters", tag = "webhooks", security(("bearer" = [])),
     params(("name" = String, Path, description = "webhook name")),
-    responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "success", body = serde_json::Value), (status = 404, description = "no such resource", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn dead_letters(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     if let Err(r) = endpoint(&s, &name) {
         return r;
@@ -643,14 +643,14 @@ async fn redeliver(s: &ApiState, name: &str, event_id: Option<&str>) -> Response
 
 #[utoipa::path(post, path = "/v1/webhooks/{name}/dead-letters/redeliver", tag = "webhooks", security(("bearer" = [])),
     params(("name" = String, Path, description = "webhook name")),
-    responses((status = 200, description = "`requeued`: how many", body = serde_json::Value), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "`requeued`: how many", body = serde_json::Value), (status = 404, description = "no such resource", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn redeliver_all(State(s): State<ApiState>, Path(name): Path<String>) -> Response {
     redeliver(&s, &name, None).await
 }
 
 #[utoipa::path(post, path = "/v1/webhooks/{name}/dead-letters/{event_id}/redeliver", tag = "webhooks", security(("bearer" = [])),
     params(("name" = String, Path, description = "webhook name"), ("event_id" = String, Path, description = "the webhook-id")),
-    responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "success", body = serde_json::Value), (status = 404, description = "no such resource", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn redeliver_one(
     State(s): State<ApiState>,
     Path((name, event_id)): Path<(String, String)>,
