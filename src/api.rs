@@ -83,6 +83,9 @@ pub fn router(state: ApiState) -> Router {
             post(redeliver_one),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
+        })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }

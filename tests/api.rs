@@ -116,6 +116,8 @@ fn streams_are_attached_and_detached_at_run_time_and_persist() {
         ("PUT", "/v1/streams/from-config", "{\"url\": \"rtsp://h/a\"}", 409),
         ("DELETE", "/v1/streams/from-config", "", 409),
         ("DELETE", "/v1/streams/never-was", "", 404),
+        ("POST", "/v1/streams", "", 405),
+        ("GET", "/v1/nothing-here", "", 404),
     ];
     for (method, path, body, want) in bad {
         let (status, v) = call(&lw, method, path, body);
