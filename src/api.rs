@@ -24,6 +24,7 @@ use crate::alert::EndpointView;
 use crate::Reloaded;
 use crate::hash::BackendInfo;
 use crate::manager::{Manager, StreamError, StreamRequest};
+use crate::blocking;
 use crate::metrics::metrics;
 
 /// Facts fixed at start, for `/v1/status`.
@@ -376,15 +377,6 @@ async fn openapi() -> impl IntoResponse {
     Json(openapi_document())
 }
 
-/// Outbox reads run off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r)
-}
 
 fn internal(e: anyhow::Error) -> Response {
     tracing::error!("API: {e:#}");

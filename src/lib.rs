@@ -50,6 +50,16 @@ pub fn init_media() {
     });
 }
 
+/// Runs blocking work (outbox reads and writes, file I/O) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+}
+
 /// Hooks for embedding the pipeline.
 #[derive(Default)]
 pub struct RunHooks {

@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 use super::store::{
     unix_ms, DeliveryState, DeliveryStatus, EndpointState, Outbox, StoredEvent,
 };
+use crate::blocking;
 use crate::config::WebhookSpec;
 use crate::decide::EventKind;
 use crate::metrics::{metrics, stage};
@@ -100,15 +101,6 @@ impl Item {
     }
 }
 
-/// Runs blocking outbox work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r)
-}
 
 enum Outcome {
     Delivered(u16),
