@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{BankFormat, BankSpec};
+use crate::config::{BankFormat, BankSpec, VideoRule};
 use crate::decide::{Action, Severity};
 use crate::hash::Hash256;
 
@@ -33,8 +33,39 @@ pub struct Bank {
     pub action: Action,
     /// Whether evidence (thumbnails) of this bank's matches may be kept.
     pub store_evidence: bool,
+    /// An allow-list: its matches suppress alerts.
+    pub negative: bool,
+    /// Frames are matched in all 8 orientations.
+    pub dihedral: bool,
+    pub video_rule: VideoRule,
+    /// For video banks: which frame of which item each entry is.
+    video: Option<VideoInfo>,
     entries: Vec<BankEntry>,
     limbs: Vec<[u64; 4]>,
+}
+
+/// A video bank's items: entry `i` is frame `frame[i]` of item `entries[i].item`.
+#[derive(Debug, Default)]
+struct VideoInfo {
+    frame: Vec<u32>,
+    /// Frames (of quality enough to match) per item.
+    frames_per_item: std::collections::HashMap<Arc<str>, usize>,
+}
+
+/// One banked video item matched by one frame.
+#[derive(Debug, Clone)]
+pub struct VideoHit {
+    pub bank: Arc<str>,
+    pub bank_version: String,
+    pub item: Arc<str>,
+    pub distance: u32,
+    /// The item's frames within the distance.
+    pub frames: Vec<u32>,
+    pub item_frames: usize,
+    pub rule: VideoRule,
+    pub severity: Severity,
+    pub action: Action,
+    pub store_evidence: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +108,16 @@ impl Bank {
             path: spec.path.clone(),
             source,
         })?;
+        let mut video = None;
         let mut entries = match spec.format {
             BankFormat::Pdq => parse_pdq_lines(&text, &spec.path)?,
+            BankFormat::HmaCsv => parse_csv(&text, &spec.path)?,
+            BankFormat::Vpdq => {
+                let (e, v, all) = load_vpdq(&spec.path, spec.min_quality)?;
+                video = Some(v);
+                text = all;
+                e
+            }
         };
         if let Some(extra) = extra.filter(|p| p.exists()) {
             let added = std::fs::read_to_string(extra).map_err(|source| BankError::Io {
@@ -98,6 +137,10 @@ impl Bank {
         bank.severity = spec.severity;
         bank.action = spec.action;
         bank.store_evidence = spec.store_evidence;
+        bank.negative = spec.negative;
+        bank.dihedral = spec.dihedral;
+        bank.video_rule = spec.video;
+        bank.video = video;
         Ok(bank)
     }
 
@@ -120,6 +163,14 @@ impl Bank {
             severity: Severity::Critical,
             action: Action::Suspend,
             store_evidence: false,
+            negative: false,
+            dihedral: false,
+            video_rule: VideoRule {
+                window: std::time::Duration::from_secs(10),
+                min_percent: 80.0,
+                min_frames: 5,
+            },
+            video: None,
             entries,
             limbs,
         }
@@ -131,6 +182,60 @@ impl Bank {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    pub fn is_video(&self) -> bool {
+        self.video.is_some()
+    }
+
+    /// The closest entry within the threshold over the frame's hash and, for a dihedral bank,
+    /// its 8 orientations (`variants`, when the hasher computed them).
+    pub fn best_match_any(&self, hash: &Hash256, variants: Option<&[Hash256; 8]>) -> Option<Match> {
+        match (self.dihedral, variants) {
+            (true, Some(v)) => v
+                .iter()
+                .filter_map(|h| self.best_match(h))
+                .min_by_key(|m| m.distance),
+            _ => self.best_match(hash),
+        }
+    }
+
+    /// Every item of a video bank with a frame within the threshold of `hash`.
+    pub fn video_hits(&self, hash: &Hash256) -> Vec<VideoHit> {
+        let Some(video) = &self.video else {
+            return Vec::new();
+        };
+        let q = hash.limbs();
+        let mut hits: Vec<VideoHit> = Vec::new();
+        for (i, e) in self.limbs.iter().enumerate() {
+            let d = (e[0] ^ q[0]).count_ones()
+                + (e[1] ^ q[1]).count_ones()
+                + (e[2] ^ q[2]).count_ones()
+                + (e[3] ^ q[3]).count_ones();
+            if d > self.distance {
+                continue;
+            }
+            let item = &self.entries[i].item;
+            match hits.iter_mut().find(|h| h.item == *item) {
+                Some(h) => {
+                    h.distance = h.distance.min(d);
+                    h.frames.push(video.frame[i]);
+                }
+                None => hits.push(VideoHit {
+                    bank: self.name.clone(),
+                    bank_version: self.version.clone(),
+                    item: item.clone(),
+                    distance: d,
+                    frames: vec![video.frame[i]],
+                    item_frames: video.frames_per_item.get(item).copied().unwrap_or(0),
+                    rule: self.video_rule,
+                    severity: self.severity,
+                    action: self.action,
+                    store_evidence: self.store_evidence,
+                }),
+            }
+        }
+        hits
     }
 
     /// The closest entry within the bank's threshold, if any.
@@ -209,6 +314,154 @@ pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<usize, 
     Ok(n)
 }
 
+/// Column names read from CSV exports, first found wins (compared case-insensitively).
+const CSV_HASH: &[&str] = &["signal", "signal_value", "indicator", "hash", "pdq", "pdq_hash"];
+const CSV_ID: &[&str] = &["id", "signal_id", "indicator_id", "content_id", "item_id"];
+const CSV_LABEL: &[&str] = &["label", "tags", "description"];
+const CSV_TYPE: &[&str] = &["signal_type", "indicator_type", "type"];
+
+/// Parses a CSV export with a header row: the hash from the first column named in
+/// [`CSV_HASH`], the item id from [`CSV_ID`] (else `line:N`), a label from [`CSV_LABEL`];
+/// when a type column ([`CSV_TYPE`]) exists, rows whose type is not PDQ are skipped.
+pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<BankEntry>, BankError> {
+    let line_err = |line: usize, message: String| BankError::Line {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| line_err(1, format!("not a CSV header: {e}")))?
+        .clone();
+    let find = |names: &[&str]| {
+        names.iter().find_map(|n| {
+            headers
+                .iter()
+                .position(|h| h.eq_ignore_ascii_case(n))
+        })
+    };
+    let hash_col = find(CSV_HASH).ok_or_else(|| {
+        line_err(
+            1,
+            format!("no hash column: the header needs one of {}", CSV_HASH.join(", ")),
+        )
+    })?;
+    let (id_col, label_col, type_col) = (find(CSV_ID), find(CSV_LABEL), find(CSV_TYPE));
+    let mut out = Vec::new();
+    for row in rdr.records() {
+        let row = row.map_err(|e| {
+            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+            line_err(line, format!("bad CSV: {e}"))
+        })?;
+        let line = row.position().map(|p| p.line() as usize).unwrap_or(0);
+        if let Some(t) = type_col.and_then(|c| row.get(c)) {
+            let t = t.to_ascii_lowercase();
+            if !t.is_empty() && !t.contains("pdq") {
+                continue; // another signal type (video MD5, text, ...)
+            }
+        }
+        let hex = row.get(hash_col).unwrap_or("");
+        let hash: Hash256 = hex
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e| line_err(line, format!("{e}")))?;
+        let item: Arc<str> = match id_col.and_then(|c| row.get(c)).filter(|s| !s.is_empty()) {
+            Some(id) => id.into(),
+            None => format!("line:{line}").into(),
+        };
+        let label = label_col
+            .and_then(|c| row.get(c))
+            .filter(|s| !s.is_empty())
+            .map(Arc::from);
+        out.push(BankEntry { hash, item, label });
+    }
+    Ok(out)
+}
+
+/// Loads vPDQ files (one file, or every `.txt` file of a folder): each file is one video item,
+/// its id the file name without extension. Frames below `min_quality` are left out, as they
+/// are on live streams. Returns the entries, their frame numbers, and all text (for the
+/// bank's version).
+fn load_vpdq(path: &Path, min_quality: u8) -> Result<(Vec<BankEntry>, VideoInfo, String), BankError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| BankError::Io { path: p, source }
+    };
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io(path))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "txt" || x == "vpdq"))
+            .collect();
+        f.sort();
+        f
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut entries = Vec::new();
+    let mut info = VideoInfo::default();
+    let mut all = String::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+        let item: Arc<str> = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .into();
+        let mut kept = 0;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |m: String| BankError::Line {
+                path: file.clone(),
+                line: i + 1,
+                message: m,
+            };
+            let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+            if cols.len() != 4 {
+                return Err(bad(format!(
+                    "a vPDQ line is frame,quality,hash,timestamp; this has {} columns",
+                    cols.len()
+                )));
+            }
+            let frame: u32 = cols[0]
+                .parse()
+                .map_err(|_| bad(format!("frame number {:?} is not a number", cols[0])))?;
+            let quality: u8 = cols[1]
+                .parse()
+                .ok()
+                .filter(|q| *q <= 100)
+                .ok_or_else(|| bad(format!("quality {:?} is not 0 to 100", cols[1])))?;
+            let hash: Hash256 = cols[2]
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|e| bad(format!("{e}")))?;
+            cols[3]
+                .parse::<f64>()
+                .map_err(|_| bad(format!("timestamp {:?} is not a number", cols[3])))?;
+            if quality < min_quality {
+                continue;
+            }
+            entries.push(BankEntry {
+                hash,
+                item: item.clone(),
+                label: None,
+            });
+            info.frame.push(frame);
+            kept += 1;
+        }
+        info.frames_per_item.insert(item, kept);
+        all.push_str(&text);
+    }
+    Ok((entries, info, all))
+}
+
 /// Parses the plain PDQ format: `hex[,item_id[,label]]` per line, `#` starts a comment.
 pub fn parse_pdq_lines(text: &str, path: &Path) -> Result<Vec<BankEntry>, BankError> {
     let mut out = Vec::new();
@@ -251,12 +504,39 @@ impl Banks {
         })
     }
 
-    /// The best match in each bank.
+    /// The best match in each image bank that alerts (allow-lists and video banks aside).
     pub fn matches(&self, hash: &Hash256) -> Vec<Match> {
+        self.matches_any(hash, None)
+    }
+
+    /// The same, with the frame's 8 orientations for dihedral banks.
+    pub fn matches_any(&self, hash: &Hash256, variants: Option<&[Hash256; 8]>) -> Vec<Match> {
         self.banks
             .iter()
-            .filter_map(|b| b.best_match(hash))
+            .filter(|b| !b.negative && !b.is_video())
+            .filter_map(|b| b.best_match_any(hash, variants))
             .collect()
+    }
+
+    /// A match in an allow-list, which suppresses everything else for this frame.
+    pub fn allowed(&self, hash: &Hash256, variants: Option<&[Hash256; 8]>) -> Option<Match> {
+        self.banks
+            .iter()
+            .filter(|b| b.negative)
+            .find_map(|b| b.best_match_any(hash, variants))
+    }
+
+    /// Items of video banks this frame matches.
+    pub fn video_hits(&self, hash: &Hash256) -> Vec<VideoHit> {
+        self.banks.iter().flat_map(|b| b.video_hits(hash)).collect()
+    }
+
+    pub fn has_video(&self) -> bool {
+        self.banks.iter().any(|b| b.is_video())
+    }
+
+    pub fn wants_dihedral(&self) -> bool {
+        self.banks.iter().any(|b| b.dihedral)
     }
 }
 

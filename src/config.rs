@@ -272,10 +272,15 @@ pub struct RawStream {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum BankFormat {
     /// One PDQ hex per line, optional further comma-separated columns, `#` comments.
     Pdq,
+    /// A CSV export with a header row (ThreatExchange / HMA style): see `docs/banks.md`.
+    HmaCsv,
+    /// vPDQ files (`frame,quality,hex,timestamp`), one file per video item: `path` is one
+    /// such file or a folder of them.
+    Vpdq,
 }
 
 /// `[[banks]]`
@@ -296,6 +301,17 @@ pub struct RawBank {
     /// must never be kept).
     #[serde(default)]
     pub store_evidence: bool,
+    /// An allow-list: a frame matching it raises nothing, whatever else it matches.
+    #[serde(default)]
+    pub negative: bool,
+    /// Match the frame's 8 rotations and flips too (costs a little more hashing).
+    #[serde(default)]
+    pub dihedral: bool,
+    /// Video banks: overrides of `[match]` `video_window_secs`, `video_min_percent`,
+    /// `video_min_frames`.
+    pub window_secs: Option<f64>,
+    pub min_percent: Option<f64>,
+    pub min_frames: Option<usize>,
 }
 
 fn default_bank_severity() -> Severity {
@@ -365,6 +381,15 @@ pub struct MatchConfig {
     /// Frames whose PDQ quality is below this are not matched (too flat to be trusted).
     #[serde(default = "default_min_quality")]
     pub min_quality: u8,
+    /// Video banks: the window of a stream's recent sampled frames looked at, in seconds.
+    #[serde(default = "default_video_window")]
+    pub video_window_secs: f64,
+    /// Video banks: share of the window's frames that must match one item, in percent.
+    #[serde(default = "default_video_percent")]
+    pub video_min_percent: f64,
+    /// Video banks: and at least this many frames.
+    #[serde(default = "default_video_frames")]
+    pub video_min_frames: usize,
 }
 
 impl Default for MatchConfig {
@@ -372,8 +397,21 @@ impl Default for MatchConfig {
         Self {
             distance: default_distance(),
             min_quality: default_min_quality(),
+            video_window_secs: default_video_window(),
+            video_min_percent: default_video_percent(),
+            video_min_frames: default_video_frames(),
         }
     }
+}
+
+fn default_video_window() -> f64 {
+    10.0
+}
+fn default_video_percent() -> f64 {
+    80.0
+}
+fn default_video_frames() -> usize {
+    5
 }
 
 fn default_distance() -> u32 {
@@ -528,6 +566,19 @@ pub struct BankSpec {
     pub severity: Severity,
     pub action: Action,
     pub store_evidence: bool,
+    pub negative: bool,
+    pub dihedral: bool,
+    pub video: VideoRule,
+    /// Frames of banked videos below this quality are left out (as live frames are).
+    pub min_quality: u8,
+}
+
+/// When a window of a stream's frames counts as showing a banked video.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoRule {
+    pub window: Duration,
+    pub min_percent: f64,
+    pub min_frames: usize,
 }
 
 #[derive(Clone)]
@@ -638,8 +689,9 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// Seconds to a duration; out-of-range values saturate (validation then refuses them).
 fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(v)
+    Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX)
 }
 
 impl RawConfig {
@@ -771,6 +823,9 @@ impl RawConfig {
                     "must be in (0, 240]".into(),
                 ));
             }
+            if let Some(t) = o.and_then(|o| o.keyframe_timeout_secs) {
+                positive(t, &format!("streams[{i}].sampling.keyframe_timeout_secs"))?;
+            }
             let metadata = match &s.metadata {
                 Some(t) => match serde_json::to_value(t) {
                     Ok(serde_json::Value::Object(m)) => m,
@@ -806,14 +861,38 @@ impl RawConfig {
                 ));
             }
             let path = base.join(b.path.get_ref());
-            if !path.is_file() {
+            let ok = path.is_file() || (b.format == BankFormat::Vpdq && path.is_dir());
+            if !ok {
                 return Err(err(
                     Some(b.path.span()),
                     format!("banks[{i}].path"),
                     format!(
-                        "bank file {} does not exist or is not a file",
-                        path.display()
+                        "bank file {} does not exist or is not a file{}",
+                        path.display(),
+                        if b.format == BankFormat::Vpdq { " or folder" } else { "" }
                     ),
+                ));
+            }
+            let video = VideoRule {
+                window: secs(b.window_secs.unwrap_or(self.matching.video_window_secs)),
+                min_percent: b.min_percent.unwrap_or(self.matching.video_min_percent),
+                min_frames: b.min_frames.unwrap_or(self.matching.video_min_frames),
+            };
+            if !(video.window >= Duration::from_secs(1) && video.window <= Duration::from_secs(3600))
+                || !(video.min_percent > 0.0 && video.min_percent <= 100.0)
+                || video.min_frames == 0
+            {
+                return Err(err(
+                    Some(b.name.span()),
+                    format!("banks[{i}]"),
+                    "video rule: window 1 to 3600 s, min_percent in (0, 100], min_frames at least 1".into(),
+                ));
+            }
+            if b.negative && b.format == BankFormat::Vpdq {
+                return Err(err(
+                    Some(b.name.span()),
+                    format!("banks[{i}].negative"),
+                    "allow-lists are image banks (pdq or hma_csv)".into(),
                 ));
             }
             let distance = match &b.distance {
@@ -835,6 +914,10 @@ impl RawConfig {
                 severity: b.severity,
                 action: b.action,
                 store_evidence: b.store_evidence,
+                negative: b.negative,
+                dihedral: b.dihedral,
+                video,
+                min_quality: self.matching.min_quality,
             });
         }
 

@@ -17,18 +17,21 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bank::Match;
+use crate::bank::{Match, VideoHit};
 use crate::decode::Frame;
 use crate::hash::Hash256;
 use crate::metrics::metrics;
 use crate::stream::{rfc3339, StreamKey};
 
-/// A frame that matched a bank entry.
+/// What matching found on one sampled frame: image-bank matches, and (when video banks are
+/// loaded) the video items it matches — empty too, since video windows count every frame.
 #[derive(Debug, Clone)]
 pub struct Detection {
     pub stream: StreamKey,
     pub stream_id: Arc<str>,
-    pub found: Match,
+    pub found: Vec<Match>,
+    /// `None` when no video bank is loaded.
+    pub video: Option<Vec<VideoHit>>,
     pub frame_hash: Hash256,
     pub quality: u8,
     pub pts_us: Option<i64>,
@@ -150,6 +153,26 @@ pub enum Evidence {
         matched_hash: String,
         quality: u8,
     },
+    /// Enough of a stream's recent frames match one banked video.
+    VideoMatch {
+        bank: String,
+        bank_version: String,
+        item_id: String,
+        /// Smallest frame distance in the window.
+        distance: u32,
+        window_secs: f64,
+        /// Sampled frames (of enough quality) in the window, and those matching the item.
+        frames_in_window: usize,
+        matching_frames: usize,
+        match_percent: f64,
+        /// How much of the item the window covered (reported; a live stream rarely shows
+        /// all of a long item).
+        item_frames: usize,
+        item_frames_matched: usize,
+        coverage_percent: f64,
+        frame_hash: String,
+        quality: u8,
+    },
 }
 
 /// One banked item that matched during an incident.
@@ -238,6 +261,9 @@ struct Open {
 
 type Key = (Arc<str>, Reason);
 
+/// A stream's recent sampled frames and the video items each matched.
+type Window = std::collections::VecDeque<(Instant, Vec<VideoHit>)>;
+
 /// Incident state for every stream and reason.
 pub struct Decider {
     policy: Policy,
@@ -245,6 +271,20 @@ pub struct Decider {
     open: HashMap<Key, Open>,
     /// Resolved recently: no new incident before this instant.
     cooling: HashMap<Key, Instant>,
+    windows: HashMap<Arc<str>, Window>,
+    /// Frames older than this leave every window.
+    max_window: Duration,
+}
+
+/// One banked item as evidence points at it.
+struct ItemRef<'a> {
+    bank: &'a str,
+    bank_version: &'a str,
+    item: &'a str,
+    distance: u32,
+    severity: Severity,
+    action: Action,
+    store_evidence: bool,
 }
 
 /// Why an API request on an incident was refused.
@@ -267,7 +307,19 @@ impl Decider {
             metadata: HashMap::new(),
             open: HashMap::new(),
             cooling: HashMap::new(),
+            windows: HashMap::new(),
+            max_window: Duration::from_secs(10),
         }
+    }
+
+    /// The longest video window of any bank (frames older than this are forgotten).
+    pub fn set_max_window(&mut self, window: Duration) {
+        self.max_window = window.max(Duration::from_secs(1));
+    }
+
+    /// Forgets a stream's video window (it was removed or restarted).
+    pub fn forget_stream(&mut self, stream: &str) {
+        self.windows.remove(stream);
     }
 
     /// Sets the metadata the platform attached to a stream (carried by its incidents).
@@ -296,32 +348,134 @@ impl Decider {
         self.open.len()
     }
 
-    /// Applies one detection. `thumbnail` is asked for an evidence image when the incident
-    /// has none and the bank allows storing one; it returns the image's API path.
+    /// Applies what matching found on one frame. `thumbnail` is asked for an evidence image
+    /// when an incident has none and the bank allows storing one; it returns the image's API
+    /// path.
     pub fn detect(
         &mut self,
         d: &Detection,
         now: Instant,
         thumbnail: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>,
+    ) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for m in &d.found {
+            let evidence = Evidence::HashMatch {
+                bank: m.bank.to_string(),
+                bank_version: m.bank_version.clone(),
+                item_id: m.entry.item.to_string(),
+                item_label: m.entry.label.as_deref().map(str::to_string),
+                distance: m.distance,
+                threshold: m.threshold,
+                frame_hash: d.frame_hash.to_string(),
+                matched_hash: m.entry.hash.to_string(),
+                quality: d.quality,
+            };
+            let item = ItemRef {
+                bank: &m.bank,
+                bank_version: &m.bank_version,
+                item: &m.entry.item,
+                distance: m.distance,
+                severity: m.severity,
+                action: m.action,
+                store_evidence: m.store_evidence,
+            };
+            out.extend(self.apply(d, Reason::HashMatch, evidence, item, now, thumbnail));
+        }
+        if let Some(hits) = &d.video {
+            out.extend(self.video(d, hits, now, thumbnail));
+        }
+        out
+    }
+
+    /// Adds the frame to its stream's window and applies the video rule of every item it hits.
+    fn video(
+        &mut self,
+        d: &Detection,
+        hits: &[VideoHit],
+        now: Instant,
+        thumbnail: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>,
+    ) -> Vec<Outgoing> {
+        let max_window = self.max_window;
+        let window = self.windows.entry(d.stream_id.clone()).or_default();
+        window.push_back((now, hits.to_vec()));
+        while window
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > max_window)
+        {
+            window.pop_front();
+        }
+        let mut fired = Vec::new();
+        for hit in hits {
+            let recent = window
+                .iter()
+                .filter(|(t, _)| now.saturating_duration_since(*t) <= hit.rule.window);
+            let (mut n, mut k, mut best) = (0usize, 0usize, u32::MAX);
+            let mut covered = std::collections::HashSet::new();
+            for (_, frame_hits) in recent {
+                n += 1;
+                if let Some(h) = frame_hits
+                    .iter()
+                    .find(|h| h.bank == hit.bank && h.item == hit.item)
+                {
+                    k += 1;
+                    best = best.min(h.distance);
+                    covered.extend(h.frames.iter().copied());
+                }
+            }
+            let percent = 100.0 * k as f64 / n.max(1) as f64;
+            if k >= hit.rule.min_frames && percent >= hit.rule.min_percent {
+                let evidence = Evidence::VideoMatch {
+                    bank: hit.bank.to_string(),
+                    bank_version: hit.bank_version.clone(),
+                    item_id: hit.item.to_string(),
+                    distance: best,
+                    window_secs: hit.rule.window.as_secs_f64(),
+                    frames_in_window: n,
+                    matching_frames: k,
+                    match_percent: (percent * 10.0).round() / 10.0,
+                    item_frames: hit.item_frames,
+                    item_frames_matched: covered.len(),
+                    coverage_percent: (1000.0 * covered.len() as f64
+                        / hit.item_frames.max(1) as f64)
+                        .round()
+                        / 10.0,
+                    frame_hash: d.frame_hash.to_string(),
+                    quality: d.quality,
+                };
+                fired.push((hit.clone(), evidence, best));
+            }
+        }
+        let mut out = Vec::new();
+        for (hit, evidence, best) in fired {
+            let item = ItemRef {
+                bank: &hit.bank,
+                bank_version: &hit.bank_version,
+                item: &hit.item,
+                distance: best,
+                severity: hit.severity,
+                action: hit.action,
+                store_evidence: hit.store_evidence,
+            };
+            out.extend(self.apply(d, Reason::VideoMatch, evidence, item, now, thumbnail));
+        }
+        out
+    }
+
+    /// Opens or updates the incident of `d`'s stream for `reason` with one piece of evidence.
+    fn apply(
+        &mut self,
+        d: &Detection,
+        reason: Reason,
+        evidence: Evidence,
+        found: ItemRef<'_>,
+        now: Instant,
+        thumbnail: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>,
     ) -> Option<Outgoing> {
-        let reason = Reason::HashMatch;
         let key: Key = (d.stream_id.clone(), reason);
         let arrived = wall(now, d.arrival);
         let at = EvidenceTime {
             at: rfc3339(arrived),
             pts_seconds: d.pts_us.map(|p| p as f64 / 1e6),
-        };
-        let found = &d.found;
-        let evidence = Evidence::HashMatch {
-            bank: found.bank.to_string(),
-            bank_version: found.bank_version.clone(),
-            item_id: found.entry.item.to_string(),
-            item_label: found.entry.label.as_deref().map(str::to_string),
-            distance: found.distance,
-            threshold: found.threshold,
-            frame_hash: d.frame_hash.to_string(),
-            matched_hash: found.entry.hash.to_string(),
-            quality: d.quality,
         };
         let want_thumb = |inc: &Incident, t: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>| {
             match (&d.frame, inc.thumbnail.is_none() && found.store_evidence) {
@@ -337,7 +491,7 @@ impl Decider {
             inc.evidence = evidence;
             inc.severity = inc.severity.max(found.severity);
             inc.action = inc.action.max(found.action);
-            note_item(&mut inc.items, found);
+            note_item(&mut inc.items, &found);
             if let Some(t) = want_thumb(inc, thumbnail) {
                 inc.thumbnail = Some(t);
             }
@@ -385,7 +539,7 @@ impl Decider {
             resolved: None,
             events: 0,
         };
-        note_item(&mut incident.items, found);
+        note_item(&mut incident.items, &found);
         incident.thumbnail = want_thumb(&incident, thumbnail);
         metrics()
             .alerts_raised
@@ -497,10 +651,10 @@ fn finish(open: &mut Open, kind: EventKind, now: Instant) -> Outgoing {
     }
 }
 
-fn note_item(items: &mut Vec<MatchedItem>, m: &Match) {
+fn note_item(items: &mut Vec<MatchedItem>, m: &ItemRef<'_>) {
     if let Some(it) = items
         .iter_mut()
-        .find(|i| *i.bank == *m.bank && *i.item_id == *m.entry.item)
+        .find(|i| i.bank == m.bank && i.item_id == m.item)
     {
         it.frames += 1;
         it.best_distance = it.best_distance.min(m.distance);
@@ -509,8 +663,8 @@ fn note_item(items: &mut Vec<MatchedItem>, m: &Match) {
     if items.len() < MAX_ITEMS {
         items.push(MatchedItem {
             bank: m.bank.to_string(),
-            bank_version: m.bank_version.clone(),
-            item_id: m.entry.item.to_string(),
+            bank_version: m.bank_version.to_string(),
+            item_id: m.item.to_string(),
             best_distance: m.distance,
             frames: 1,
         });
@@ -526,7 +680,7 @@ mod tests {
         Detection {
             stream: 0,
             stream_id: stream.into(),
-            found: Match {
+            found: vec![Match {
                 bank: bank.into(),
                 bank_version: "1-0".into(),
                 threshold: 31,
@@ -539,7 +693,8 @@ mod tests {
                 severity: Severity::High,
                 action: Action::Suspend,
                 store_evidence: false,
-            },
+            }],
+            video: None,
             frame_hash: Hash256::default(),
             quality: 80,
             pts_us: Some(1_500_000),
@@ -667,6 +822,73 @@ mod tests {
         assert!(due[0].trigger_arrival.is_some());
         // nothing new: no further update
         assert!(d.tick(t0 + Duration::from_secs(21)).is_empty());
+    }
+
+    fn frame(stream: &str, hits: Vec<VideoHit>, at: Instant) -> Detection {
+        let mut d = detection(stream, "x", "x", at);
+        d.found.clear();
+        d.video = Some(hits);
+        d
+    }
+
+    fn hit(item: &str, frames: Vec<u32>) -> VideoHit {
+        VideoHit {
+            bank: "videos".into(),
+            bank_version: "v".into(),
+            item: item.into(),
+            distance: 4,
+            frames,
+            item_frames: 20,
+            rule: crate::config::VideoRule {
+                window: Duration::from_secs(10),
+                min_percent: 80.0,
+                min_frames: 5,
+            },
+            severity: Severity::Critical,
+            action: Action::Suspend,
+            store_evidence: false,
+        }
+    }
+
+    #[test]
+    fn a_video_match_needs_enough_frames_and_share_of_the_window() {
+        let mut d = Decider::new(policy());
+        d.set_max_window(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // 4 matching frames: too few (5 needed)
+        for s in 0..4 {
+            assert!(d.detect(&frame("cam", vec![hit("clip", vec![s as u32])], at(s)), at(s), &mut no_thumb).is_empty());
+        }
+        // the 5th fires: 5 of 5 frames in the window
+        let out = d.detect(&frame("cam", vec![hit("clip", vec![4])], at(4)), at(4), &mut no_thumb);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].incident.reason, Reason::VideoMatch);
+        match &out[0].incident.evidence {
+            Evidence::VideoMatch { matching_frames, frames_in_window, item_frames_matched, coverage_percent, .. } => {
+                assert_eq!((*matching_frames, *frames_in_window, *item_frames_matched), (5, 5, 5));
+                assert_eq!(*coverage_percent, 25.0);
+            }
+            e => panic!("{e:?}"),
+        }
+        // another stream: 5 matching frames among 5 unmatched ones is 50 %: nothing
+        for s in 0..10 {
+            let hits = if s % 2 == 0 { vec![hit("clip", vec![s as u32])] } else { vec![] };
+            assert!(d.detect(&frame("other", hits, at(s)), at(s), &mut no_thumb).is_empty(), "{s}");
+        }
+        // frames leave the window: after 10 quiet-but-unmatched seconds the share drops
+        let mut d = Decider::new(policy());
+        d.set_max_window(Duration::from_secs(10));
+        for s in 0..6 {
+            d.detect(&frame("c", vec![hit("clip", vec![1])], at(s)), at(s), &mut no_thumb);
+        }
+        for s in 6..30 {
+            d.detect(&frame("c", vec![], at(s)), at(s), &mut no_thumb);
+        }
+        // one matching frame among ten unmatched: the rule does not hold, no evidence added
+        assert!(d
+            .detect(&frame("c", vec![hit("clip", vec![2])], at(30)), at(30), &mut no_thumb)
+            .is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod demo;
 pub mod hash;
 pub mod health;
+pub mod index;
 pub mod manager;
 pub mod metrics;
 pub mod redact;
@@ -361,14 +362,16 @@ fn hash_thread(
                 full_range: f.full_range,
             })
             .collect();
-        let hashes = engine.hash_frames(&lumas).unwrap_or_else(|e| {
+        let banks = banks.load();
+        let dihedral = banks.wants_dihedral();
+        let hashes = engine.hash_frames_with(&lumas, dihedral).unwrap_or_else(|e| {
             // a GPU fault must not lose frames: hash this batch on the CPU
             m.hash_errors.inc();
             warn!("GPU hashing failed, this batch is hashed on the CPU: {e:#}");
-            hash::hash_frames_cpu(&mut fallback, &lumas)
+            hash::hash_frames_cpu_with(&mut fallback, &lumas, dihedral)
         });
         let per_frame = t.elapsed().as_secs_f64() / batch.len() as f64;
-        let banks = banks.load();
+        let with_video = banks.has_video();
         for (f, h) in batch.into_iter().zip(hashes) {
             // a stream removed meanwhile: its frames go unmatched
             let Some(status) = registry.get(f.stream) else {
@@ -383,33 +386,52 @@ fn hash_thread(
                 m.frames_low_quality.inc();
                 continue;
             }
+            let hash = h.hashes[0];
+            let variants = dihedral.then_some(&h.hashes);
             let t = Instant::now();
-            let found = banks.matches(&h.hash);
+            let allowed = banks.allowed(&hash, variants);
+            let (found, video) = match &allowed {
+                Some(a) => {
+                    // an allow-listed frame raises nothing (its video window sees no hit)
+                    m.matches.with_label_values(&[&a.bank]).inc();
+                    (Vec::new(), with_video.then(Vec::new))
+                }
+                None => (
+                    banks.matches_any(&hash, variants),
+                    with_video.then(|| banks.video_hits(&hash)),
+                ),
+            };
             m.stage_seconds
                 .with_label_values(&[stage::MATCH])
                 .observe(t.elapsed().as_secs_f64());
-            if found.is_empty() {
+            let hits = video.as_ref().map_or(0, Vec::len);
+            if found.is_empty() && video.is_none() {
                 continue;
             }
-            let (stream, pts_us, arrival) = (f.stream, f.pts_us, f.arrival);
-            let frame = Arc::new(f);
-            for fm in found {
-                let store = fm.store_evidence;
+            for fm in &found {
                 m.matches.with_label_values(&[&fm.bank]).inc();
+            }
+            for v in video.iter().flatten() {
+                m.matches.with_label_values(&[&v.bank]).inc();
+            }
+            if !found.is_empty() || hits > 0 {
                 status.note_match();
-                let d = Detection {
-                    stream,
-                    stream_id: status.id.clone(),
-                    found: fm,
-                    frame_hash: h.hash,
-                    quality: h.quality,
-                    pts_us,
-                    arrival,
-                    frame: store.then(|| frame.clone()),
-                };
-                if tx.send(d).is_err() {
-                    return;
-                }
+            }
+            let store = found.iter().any(|x| x.store_evidence)
+                || video.iter().flatten().any(|x| x.store_evidence);
+            let d = Detection {
+                stream: f.stream,
+                stream_id: status.id.clone(),
+                pts_us: f.pts_us,
+                arrival: f.arrival,
+                found,
+                video,
+                frame_hash: hash,
+                quality: h.quality,
+                frame: store.then(|| Arc::new(f)),
+            };
+            if tx.send(d).is_err() {
+                return;
             }
         }
     }

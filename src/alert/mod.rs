@@ -157,6 +157,15 @@ impl AlertService {
         let endpoints = Arc::new(endpoints);
 
         let mut decider = Decider::new(config.alerts.incidents);
+        decider.set_max_window(
+            config
+                .banks
+                .iter()
+                .filter(|b| b.format == crate::config::BankFormat::Vpdq)
+                .map(|b| b.video.window)
+                .max()
+                .unwrap_or_default(),
+        );
         for s in &config.streams {
             decider.set_metadata(&s.id, s.metadata.clone());
         }
@@ -256,7 +265,7 @@ fn decide_loop(
             recv(detections) -> d => match d {
                 Ok(d) => {
                     let now = Instant::now();
-                    if let Some(out) = decider.detect(&d, now, &mut thumb) {
+                    for out in decider.detect(&d, now, &mut thumb) {
                         ctx.commit(out);
                     }
                     for (id, frame) in thumbs.borrow_mut().drain(..) {
@@ -271,6 +280,8 @@ fn decide_loop(
                     Command::Acknowledge { id, by, reply } => (decider.acknowledge(&id, by, now), reply),
                     Command::Resolve { id, by, reply } => (decider.resolve(&id, by, now), reply),
                     Command::Metadata { stream, metadata } => {
+                        // a stream (re)started: its video window starts afresh
+                        decider.forget_stream(&stream);
                         decider.set_metadata(&stream, metadata);
                         continue;
                     }

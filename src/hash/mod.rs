@@ -164,8 +164,25 @@ impl Engine {
 
     /// Hashes video frames (the original orientation only).
     pub fn hash_frames(&mut self, frames: &[Luma<'_>]) -> anyhow::Result<Vec<PdqHash>> {
+        Ok(self
+            .hash_frames_with(frames, false)?
+            .into_iter()
+            .map(|d| PdqHash {
+                hash: d.hashes[0],
+                quality: d.quality,
+            })
+            .collect())
+    }
+
+    /// Hashes frames; with `dihedral`, all 8 orientations (index 0 is the frame as it is),
+    /// otherwise only index 0 is filled.
+    pub fn hash_frames_with(
+        &mut self,
+        frames: &[Luma<'_>],
+        dihedral: bool,
+    ) -> anyhow::Result<Vec<PdqDihedral>> {
         match self {
-            Engine::Cpu(h) => Ok(hash_frames_cpu(h, frames)),
+            Engine::Cpu(h) => Ok(hash_frames_cpu_with(h, frames, dihedral)),
             Engine::Gpu(g) => {
                 let batch: Vec<_> = frames
                     .iter()
@@ -177,10 +194,10 @@ impl Engine {
                         limited: !f.full_range,
                     })
                     .collect();
-                Ok(g.hash_batch(&batch, false)?
+                Ok(g.hash_batch(&batch, dihedral)?
                     .into_iter()
-                    .map(|d| PdqHash {
-                        hash: d.hashes[0],
+                    .map(|d| PdqDihedral {
+                        hashes: d.hashes,
                         quality: d.quality,
                     })
                     .collect())
@@ -209,5 +226,29 @@ pub fn hash_frames_cpu(hasher: &mut PdqHasher, frames: &[Luma<'_>]) -> Vec<PdqHa
     frames
         .iter()
         .map(|f| hasher.hash(f.pixels(), f.width, f.height))
+        .collect()
+}
+
+/// [`hash_frames_cpu`] with the 8 orientations when `dihedral`.
+pub fn hash_frames_cpu_with(
+    hasher: &mut PdqHasher,
+    frames: &[Luma<'_>],
+    dihedral: bool,
+) -> Vec<PdqDihedral> {
+    frames
+        .iter()
+        .map(|f| {
+            if dihedral {
+                hasher.hash_dihedral(f.pixels(), f.width, f.height)
+            } else {
+                let h = hasher.hash(f.pixels(), f.width, f.height);
+                let mut hashes = [Hash256::default(); 8];
+                hashes[0] = h.hash;
+                PdqDihedral {
+                    hashes,
+                    quality: h.quality,
+                }
+            }
+        })
         .collect()
 }
