@@ -70,10 +70,11 @@ pub struct VideoHit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BankError {
-    #[error("{}: cannot read bank: {source}", path.display())]
+    // the cause is in the message, not a `source`: error chains would print it twice
+    #[error("{}: cannot read bank: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}:{line}: {message}", path.display())]
     Line {
@@ -104,25 +105,32 @@ impl Bank {
     /// Loads a bank file, plus the items added to it through the API (`extra`, a PDQ file in
     /// the state directory) when there is one.
     pub fn load_with(spec: &BankSpec, extra: Option<&Path>) -> Result<Bank, BankError> {
-        let mut text = std::fs::read_to_string(&spec.path).map_err(|source| BankError::Io {
-            path: spec.path.clone(),
-            source,
-        })?;
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|cause| BankError::Io {
+                path: p.to_path_buf(),
+                cause,
+            })
+        };
         let mut video = None;
-        let mut entries = match spec.format {
-            BankFormat::Pdq => parse_pdq_lines(&text, &spec.path)?,
-            BankFormat::HmaCsv => parse_csv(&text, &spec.path)?,
+        let (mut entries, mut text) = match spec.format {
+            BankFormat::Pdq => {
+                let text = read(&spec.path)?;
+                (parse_pdq_lines(&text, &spec.path)?, text)
+            }
+            BankFormat::HmaCsv => {
+                let text = read(&spec.path)?;
+                (parse_csv(&text, &spec.path)?, text)
+            }
             BankFormat::Vpdq => {
                 let (e, v, all) = load_vpdq(&spec.path, spec.min_quality)?;
                 video = Some(v);
-                text = all;
-                e
+                (e, all)
             }
         };
         if let Some(extra) = extra.filter(|p| p.exists()) {
-            let added = std::fs::read_to_string(extra).map_err(|source| BankError::Io {
+            let added = std::fs::read_to_string(extra).map_err(|cause| BankError::Io {
                 path: extra.to_path_buf(),
-                source,
+                cause,
             })?;
             entries.extend(parse_pdq_lines(&added, extra)?);
             text.push_str(&added);
@@ -296,9 +304,9 @@ pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
 pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<usize, BankError> {
     let path = added_items_path(state_dir, bank);
     let n = parse_pdq_lines(lines, Path::new("request"))?.len();
-    let io = |source| BankError::Io {
+    let io = |cause| BankError::Io {
         path: path.clone(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
     let mut f = std::fs::OpenOptions::new()
@@ -389,7 +397,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<BankEntry>, BankError> {
 fn load_vpdq(path: &Path, min_quality: u8) -> Result<(Vec<BankEntry>, VideoInfo, String), BankError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| BankError::Io { path: p, source }
+        move |cause| BankError::Io { path: p, cause }
     };
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut f: Vec<PathBuf> = std::fs::read_dir(path)
