@@ -618,4 +618,78 @@ mod tests {
         let strict = Bank::from_entries("b", PathBuf::from("b"), 9, bank.entries.clone(), "x");
         assert!(strict.best_match(&base).is_none());
     }
+
+    fn spec(dir: &Path, name: &str, format: BankFormat, negative: bool) -> BankSpec {
+        BankSpec {
+            name: name.into(),
+            path: dir.join(name),
+            format,
+            distance: 31,
+            severity: Severity::High,
+            action: Action::Review,
+            store_evidence: false,
+            negative,
+            dihedral: false,
+            video: VideoRule {
+                window: std::time::Duration::from_secs(10),
+                min_percent: 80.0,
+                min_frames: 5,
+            },
+            min_quality: 50,
+        }
+    }
+
+    #[test]
+    fn csv_exports_read_the_named_columns_and_skip_other_signal_types() {
+        let text = format!(
+            "Signal_Type,signal,id,tags\nvideo_md5,abc,1,x\npdq,{A},item-9,\"a,b\"\n,{A},,\n"
+        );
+        let e = parse_csv(&text, Path::new("x.csv")).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(&*e[0].item, "item-9");
+        assert_eq!(e[0].label.as_deref(), Some("a,b"));
+        assert_eq!(&*e[1].item, "line:4");
+        let err = parse_csv("id,tags\n1,x\n", Path::new("x.csv")).unwrap_err();
+        assert!(err.to_string().starts_with("x.csv:1: no hash column"), "{err}");
+        let err = parse_csv(&format!("hash,id\n{A},1\nnope,2\n"), Path::new("x.csv")).unwrap_err();
+        assert!(err.to_string().starts_with("x.csv:3:"), "{err}");
+    }
+
+    #[test]
+    fn video_banks_load_items_per_file_and_report_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let videos = dir.path().join("v");
+        std::fs::create_dir(&videos).unwrap();
+        std::fs::write(videos.join("clip-a.txt"), format!("0,90,{A},0.000\n1,10,{A},0.033\n")).unwrap();
+        std::fs::write(videos.join("clip-b.txt"), format!("0,90,{A},0.000\n")).unwrap();
+        let bank = Bank::load(&spec(dir.path(), "v", BankFormat::Vpdq, false)).unwrap();
+        assert!(bank.is_video());
+        // the low-quality frame is left out, as on live streams
+        assert_eq!(bank.len(), 2);
+        let hits = bank.video_hits(&A.parse().unwrap());
+        let items: Vec<_> = hits.iter().map(|h| (&*h.item, h.item_frames, h.frames.clone())).collect();
+        assert_eq!(items, [("clip-a", 1, vec![0]), ("clip-b", 1, vec![0])]);
+        std::fs::write(videos.join("clip-c.txt"), format!("0,90,{A}\n")).unwrap();
+        let err = Bank::load(&spec(dir.path(), "v", BankFormat::Vpdq, false)).unwrap_err();
+        assert!(err.to_string().contains("clip-c.txt:1: a vPDQ line is"), "{err}");
+    }
+
+    #[test]
+    fn allow_lists_and_video_banks_stay_out_of_image_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("known"), format!("{A},k\n")).unwrap();
+        std::fs::write(dir.path().join("allowed"), format!("{A},ok\n")).unwrap();
+        let banks = Banks {
+            banks: vec![
+                Bank::load(&spec(dir.path(), "known", BankFormat::Pdq, false)).unwrap(),
+                Bank::load(&spec(dir.path(), "allowed", BankFormat::Pdq, true)).unwrap(),
+            ],
+        };
+        let h: Hash256 = A.parse().unwrap();
+        let found = banks.matches(&h);
+        assert_eq!(found.len(), 1);
+        assert_eq!(&*found[0].bank, "known");
+        assert_eq!(found[0].action, Action::Review);
+        assert_eq!(&*banks.allowed(&h, None).unwrap().bank, "allowed");
+    }
 }

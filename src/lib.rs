@@ -18,6 +18,7 @@ pub mod index;
 pub mod manager;
 pub mod metrics;
 pub mod redact;
+pub mod scan;
 pub mod source;
 pub mod stream;
 pub mod systemd;

@@ -80,6 +80,37 @@ enum Command {
     },
     /// List the GPU adapters wgpu finds, with their index for `[hash] adapter`.
     Adapters,
+    /// Match images and videos against bank files as the live pipeline would, printing one
+    /// JSON line per event: `{"type":"match",...}` per matching frame, `{"type":"video_match",
+    /// ...}` when the vPDQ window rule holds for a banked video, `{"type":"error",...}` for a
+    /// file that cannot be read (the others are still scanned; exit status 1).
+    Scan {
+        /// A bank: PDQ lines, a CSV export, a vPDQ file, or a folder of vPDQ files (one per
+        /// video item); repeat for several.
+        #[arg(long = "bank", required = true)]
+        banks: Vec<PathBuf>,
+        /// Sample videos at this many frames per second (default: every frame).
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Largest Hamming distance that matches.
+        #[arg(long, default_value_t = 31)]
+        distance: u32,
+        /// Frames below this PDQ quality are not matched.
+        #[arg(long, default_value_t = 50)]
+        min_quality: u8,
+        /// Video rule: window in seconds, share of its frames in percent, and frames at least.
+        #[arg(long, default_value_t = 10.0)]
+        window_secs: f64,
+        #[arg(long, default_value_t = 80.0)]
+        min_percent: f64,
+        #[arg(long, default_value_t = 5)]
+        min_frames: usize,
+        /// Images: also match their 8 rotations and flips.
+        #[arg(long)]
+        dihedral: bool,
+        #[arg(required = true)]
+        media: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -177,6 +208,49 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             hash_images(&files, dihedral, &config)
+        }
+        Command::Scan {
+            banks,
+            fps,
+            distance,
+            min_quality,
+            window_secs,
+            min_percent,
+            min_frames,
+            dihedral,
+            media,
+        } => {
+            if fps.is_some_and(|f| !(f.is_finite() && f > 0.0 && f <= 240.0))
+                || distance > 256
+                || !(window_secs.is_finite() && (1.0..=3600.0).contains(&window_secs))
+                || !(min_percent > 0.0 && min_percent <= 100.0)
+                || min_frames == 0
+            {
+                eprintln!("error: --fps must be in (0, 240], --distance at most 256, --window-secs 1 to 3600, --min-percent in (0, 100], --min-frames at least 1");
+                return ExitCode::from(2);
+            }
+            let opts = livewatch::scan::ScanOptions {
+                banks,
+                fps,
+                distance,
+                min_quality,
+                video: livewatch::config::VideoRule {
+                    window: std::time::Duration::from_secs_f64(window_secs),
+                    min_percent,
+                    min_frames,
+                },
+                dihedral,
+            };
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match livewatch::scan::run(&opts, &media, &mut out) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Adapters => {
             for (i, a) in livewatch::hash::gpu::list_adapters().iter().enumerate() {
