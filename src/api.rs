@@ -67,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/banks/reload", post(reload_banks))
         .route("/v1/reload", post(reload_all))
         .route("/v1/banks/{name}/items", post(add_bank_items))
+        .route("/v1/banks/{name}/items/{item}", axum::routing::delete(remove_bank_item))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/{id}", get(get_alert))
         .route("/v1/alerts/{id}/thumbnail", get(get_thumbnail))
@@ -168,7 +169,7 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "livewatch", description = "Control API of the livewatch appliance"),
     paths(metrics_text, healthz, readyz, openapi, status, reload_all, list_streams, get_stream,
-        put_stream, delete_stream, list_banks, reload_banks, add_bank_items, list_alerts,
+        put_stream, delete_stream, list_banks, reload_banks, add_bank_items, remove_bank_item, list_alerts,
         get_alert, get_thumbnail, acknowledge, resolve, list_webhooks, enable_webhook,
         dead_letters, redeliver_all, redeliver_one),
     modifiers(&BearerAuth)
@@ -367,6 +368,31 @@ async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, bod
         }
         Ok(Err(e)) => internal(e.into()),
         Err(e) => internal(e.into()),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/banks/{name}/items/{item}", tag = "banks", security(("bearer" = [])),
+    params(("name" = String, Path, description = "bank name"), ("item" = String, Path, description = "item id")),
+    responses((status = 200, description = "the item's hashes are no longer matched (kept across reloads and restarts)", body = serde_json::Value),
+        (status = 404, description = "no such bank or item", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+async fn remove_bank_item(
+    State(s): State<ApiState>,
+    Path((name, item)): Path<(String, String)>,
+) -> Response {
+    let entries = match s.banks.load().banks.iter().find(|b| *b.name == *name) {
+        None => return error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}")),
+        Some(b) => b.item_entries(&item),
+    };
+    if entries == 0 {
+        return error(StatusCode::NOT_FOUND, &format!("bank {name:?} has no item {item:?}"));
+    }
+    let (dir, n, i) = (s.alerts.state_dir.clone(), name.clone(), item.clone());
+    match blocking(move || Ok(crate::bank::remove_item(&dir, &n, &i)?)).await {
+        Ok(()) => match s.reload.reload(true).await {
+            Ok(r) => Json(json!({ "removed_hashes": entries, "banks": r.banks })).into_response(),
+            Err(e) => internal(e),
+        },
+        Err(e) => internal(e),
     }
 }
 

@@ -135,6 +135,25 @@ impl Bank {
             entries.extend(parse_pdq_lines(&added, extra)?);
             text.push_str(&added);
         }
+        // items removed through the API: one id per line beside the added ones
+        if let Some(removed) = extra.map(|p| p.with_extension("removed")).filter(|p| p.exists()) {
+            let ids = std::fs::read_to_string(&removed).map_err(|cause| BankError::Io {
+                path: removed.clone(),
+                cause,
+            })?;
+            let ids: std::collections::HashSet<&str> =
+                ids.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let keep: Vec<bool> = entries.iter().map(|e| !ids.contains(&*e.item)).collect();
+            let mut k = keep.iter();
+            entries.retain(|_| *k.next().expect("one flag per entry"));
+            if let Some(v) = &mut video {
+                let mut k = keep.iter();
+                v.frame.retain(|_| *k.next().expect("one flag per frame"));
+                v.frames_per_item.retain(|item, _| !ids.contains(&**item));
+            }
+            text.push_str("\nremoved:");
+            text.push_str(&ids.iter().copied().collect::<Vec<_>>().join(","));
+        }
         let mut bank = Bank::from_entries(
             &spec.name,
             spec.path.clone(),
@@ -468,6 +487,32 @@ fn load_vpdq(path: &Path, min_quality: u8) -> Result<(Vec<BankEntry>, VideoInfo,
         all.push_str(&text);
     }
     Ok((entries, info, all))
+}
+
+/// Records that an item is removed from a bank (all its hashes), synced; the caller reloads.
+pub fn remove_item(state_dir: &Path, bank: &str, item: &str) -> Result<(), BankError> {
+    let path = added_items_path(state_dir, bank).with_extension("removed");
+    let io = |cause| BankError::Io {
+        path: path.clone(),
+        cause,
+    };
+    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    use std::io::Write as _;
+    writeln!(f, "{item}").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+impl Bank {
+    /// How many entries (hashes, or video frames) carry this item id.
+    pub fn item_entries(&self, item: &str) -> usize {
+        self.entries.iter().filter(|e| &*e.item == item).count()
+    }
 }
 
 /// Parses the plain PDQ format: `hex[,item_id[,label]]` per line, `#` starts a comment.

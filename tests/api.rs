@@ -165,7 +165,7 @@ fn streams_are_attached_and_detached_at_run_time_and_persist() {
 }
 
 /// Items added to a bank through the API are matched from then on and kept across restarts;
-/// a bad line adds nothing.
+/// a bad line adds nothing; removed items stay removed.
 #[test]
 fn bank_items_are_added_at_run_time() {
     let known = known_clip();
@@ -196,10 +196,21 @@ fn bank_items_are_added_at_run_time() {
         let (_, m) = lw.get("/metrics");
         metric(&m, "livewatch_matches_total").filter(|v| *v > 0.0)
     });
+    // one item removed (all its hashes), also kept across restarts
+    let item = hashes
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .and_then(|l| l.split(',').nth(1))
+        .unwrap()
+        .to_string();
+    let (status, v) = call(&lw, "DELETE", &format!("/v1/banks/known/items/{item}"), "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["removed_hashes"], 1);
+    assert_eq!(call(&lw, "DELETE", "/v1/banks/known/items/no-such-item", "").0, 404);
     let (_, dir) = lw.stop_keep();
     let lw = Livewatch::start_with(dir, &config, &server);
     let (_, v) = call(&lw, "GET", "/v1/banks", "");
-    assert_eq!(v["banks"][0]["hashes"].as_u64(), Some(added));
+    assert_eq!(v["banks"][0]["hashes"].as_u64(), Some(added - 1));
 }
 
 /// The OpenAPI document served by a live instance is valid OpenAPI (checked by the PyPI
