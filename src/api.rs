@@ -349,25 +349,21 @@ async fn reload_all(State(s): State<ApiState>) -> Response {
         (status = 400, description = "malformed request", body = ErrorBody), (status = 404, description = "no such resource", body = ErrorBody),
         (status = 422, description = "a bad line (named); nothing added", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
-    if !s.banks.load().banks.iter().any(|b| *b.name == *name) {
-        return error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}"));
-    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "body must be UTF-8 text: one PDQ hex per line, optionally ,item_id,label");
     };
-    let dir = s.alerts.state_dir.clone();
-    let (n2, t2) = (name.clone(), text.to_string());
-    match tokio::task::spawn_blocking(move || crate::bank::append_items(&dir, &n2, &t2)).await {
-        Ok(Ok(0)) => error(StatusCode::BAD_REQUEST, "no PDQ lines in the body"),
-        Ok(Ok(n)) => match s.reload.reload(true).await {
-            Ok(r) => Json(json!({ "added": n, "banks": r.banks })).into_response(),
-            Err(e) => internal(e),
+    match s.reload.add_items(&name, text).await {
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}")),
+        Ok(Some((0, _))) => error(StatusCode::BAD_REQUEST, "no PDQ lines in the body"),
+        Ok(Some((n, version))) => Json(json!({ "added": n, "bank_version": version })).into_response(),
+        Err(e) => match e.downcast_ref::<crate::bank::BankError>() {
+            Some(crate::bank::BankError::Line { .. }) => {
+                error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e} (nothing added)"))
+            }
+            Some(_) => internal(e),
+            None if e.to_string().contains("holds videos") => error(StatusCode::CONFLICT, &e.to_string()),
+            None => internal(e),
         },
-        Ok(Err(e @ crate::bank::BankError::Line { .. })) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e} (nothing added)"))
-        }
-        Ok(Err(e)) => internal(e.into()),
-        Err(e) => internal(e.into()),
     }
 }
 
@@ -379,19 +375,9 @@ async fn remove_bank_item(
     State(s): State<ApiState>,
     Path((name, item)): Path<(String, String)>,
 ) -> Response {
-    let entries = match s.banks.load().banks.iter().find(|b| *b.name == *name) {
-        None => return error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}")),
-        Some(b) => b.item_entries(&item),
-    };
-    if entries == 0 {
-        return error(StatusCode::NOT_FOUND, &format!("bank {name:?} has no item {item:?}"));
-    }
-    let (dir, n, i) = (s.alerts.state_dir.clone(), name.clone(), item.clone());
-    match blocking(move || Ok(crate::bank::remove_item(&dir, &n, &i)?)).await {
-        Ok(()) => match s.reload.reload(true).await {
-            Ok(r) => Json(json!({ "removed_hashes": entries, "banks": r.banks })).into_response(),
-            Err(e) => internal(e),
-        },
+    match s.reload.remove_item(&name, &item).await {
+        Ok(Some((n, version))) => Json(json!({ "removed_hashes": n, "bank_version": version })).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no bank {name:?} with an item {item:?}")),
         Err(e) => internal(e),
     }
 }

@@ -22,7 +22,8 @@ pub struct BankEntry {
     pub label: Option<Arc<str>>,
 }
 
-#[derive(Debug)]
+/// Cloning is cheap: the loaded hashes and their index are shared.
+#[derive(Debug, Clone)]
 pub struct Bank {
     pub name: Arc<str>,
     pub path: PathBuf,
@@ -38,10 +39,27 @@ pub struct Bank {
     /// Frames are matched in all 8 orientations.
     pub dihedral: bool,
     pub video_rule: VideoRule,
-    /// For video banks: which frame of which item each entry is.
-    video: Option<VideoInfo>,
+    /// What was loaded from the files: shared, unchanged, between versions made at run time.
+    base: Arc<Base>,
+    /// Entries added through the API since the last load (scanned linearly).
+    delta: Vec<BankEntry>,
+    delta_limbs: Vec<[u64; 4]>,
+    /// Items removed through the API since the last load.
+    removed: std::collections::HashSet<Arc<str>>,
+    /// Entries in force (base and delta, removed items left out).
+    live: usize,
+}
+
+/// Banks smaller than this are scanned; larger ones get a multi-index.
+const INDEX_FROM: usize = 4096;
+
+#[derive(Debug)]
+struct Base {
     entries: Vec<BankEntry>,
     limbs: Vec<[u64; 4]>,
+    index: Option<crate::index::HammingIndex>,
+    /// For video banks: which frame of which item each entry is.
+    video: Option<VideoInfo>,
 }
 
 /// A video bank's items: entry `i` is frame `frame[i]` of item `entries[i].item`.
@@ -154,11 +172,12 @@ impl Bank {
             text.push_str("\nremoved:");
             text.push_str(&ids.iter().copied().collect::<Vec<_>>().join(","));
         }
-        let mut bank = Bank::from_entries(
+        let mut bank = Bank::build(
             &spec.name,
             spec.path.clone(),
             spec.distance,
             entries,
+            video,
             &text,
         );
         bank.severity = spec.severity;
@@ -167,8 +186,108 @@ impl Bank {
         bank.negative = spec.negative;
         bank.dihedral = spec.dihedral;
         bank.video_rule = spec.video;
-        bank.video = video;
         Ok(bank)
+    }
+
+    /// A new version of this bank with entries added: the loaded part (and its index) is
+    /// shared, so this costs what the additions cost, whatever the bank's size.
+    pub fn with_added(&self, added: Vec<BankEntry>, change: &str) -> Bank {
+        let mut b = self.derive();
+        b.delta_limbs.extend(added.iter().map(|e| e.hash.limbs()));
+        b.delta.extend(added);
+        b.finish(&self.version, change)
+    }
+
+    /// A new version with every hash of `item` left out.
+    pub fn with_removed(&self, item: &str) -> Bank {
+        let mut b = self.derive();
+        b.removed.insert(item.into());
+        b.finish(&self.version, &format!("removed:{item}"))
+    }
+
+    fn derive(&self) -> Bank {
+        Bank {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            version: String::new(),
+            distance: self.distance,
+            severity: self.severity,
+            action: self.action,
+            store_evidence: self.store_evidence,
+            negative: self.negative,
+            dihedral: self.dihedral,
+            video_rule: self.video_rule,
+            base: self.base.clone(),
+            delta: self.delta.clone(),
+            delta_limbs: self.delta_limbs.clone(),
+            removed: self.removed.clone(),
+            live: 0,
+        }
+    }
+
+    /// Counts the entries in force and names the new version after the old one and the change.
+    fn finish(mut self, previous: &str, change: &str) -> Bank {
+        let gone = |e: &BankEntry| self.removed.contains(&e.item);
+        self.live = if self.removed.is_empty() {
+            self.base.entries.len() + self.delta.len()
+        } else {
+            self.base.entries.iter().filter(|e| !gone(e)).count()
+                + self.delta.iter().filter(|e| !gone(e)).count()
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        previous.hash(&mut h);
+        change.hash(&mut h);
+        self.version = format!("{}-{:016x}", self.live, h.finish());
+        self
+    }
+
+    fn build(
+        name: &str,
+        path: PathBuf,
+        distance: u32,
+        entries: Vec<BankEntry>,
+        video: Option<VideoInfo>,
+        content: &str,
+    ) -> Bank {
+        let mut bank = Bank::from_entries(name, path, distance, entries, content);
+        if video.is_some() {
+            let base = Arc::get_mut(&mut bank.base).expect("just built");
+            base.video = video;
+        }
+        bank
+    }
+
+    /// Entries within the bank's distance of `q`: (entry, frame number for video banks,
+    /// distance), removed items left out.
+    fn within(&self, q: &[u64; 4]) -> Vec<(&BankEntry, Option<u32>, u32)> {
+        let base = &*self.base;
+        let frame = |i: usize| base.video.as_ref().map(|v| v.frame[i]);
+        let mut out: Vec<(&BankEntry, Option<u32>, u32)> = match &base.index {
+            Some(index) => index
+                .query(q, self.distance)
+                .into_iter()
+                .map(|(i, d)| (&base.entries[i as usize], frame(i as usize), d))
+                .collect(),
+            None => base
+                .limbs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let d = crate::index::distance(e, q);
+                    (d <= self.distance).then(|| (&base.entries[i], frame(i), d))
+                })
+                .collect(),
+        };
+        for (e, l) in self.delta.iter().zip(&self.delta_limbs) {
+            let d = crate::index::distance(l, q);
+            if d <= self.distance {
+                out.push((e, None, d));
+            }
+        }
+        if !self.removed.is_empty() {
+            out.retain(|(e, _, _)| !self.removed.contains(&e.item));
+        }
+        out
     }
 
     pub fn from_entries(
@@ -181,7 +300,9 @@ impl Bank {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         content.hash(&mut h);
         let version = format!("{}-{:016x}", entries.len(), h.finish());
-        let limbs = entries.iter().map(|e| e.hash.limbs()).collect();
+        let limbs: Vec<[u64; 4]> = entries.iter().map(|e| e.hash.limbs()).collect();
+        let index = (limbs.len() >= INDEX_FROM).then(|| crate::index::HammingIndex::new(&limbs));
+        let live = entries.len();
         Bank {
             name: name.into(),
             path,
@@ -197,22 +318,36 @@ impl Bank {
                 min_percent: 80.0,
                 min_frames: 5,
             },
-            video: None,
-            entries,
-            limbs,
+            base: Arc::new(Base {
+                entries,
+                limbs,
+                index,
+                video: None,
+            }),
+            delta: Vec::new(),
+            delta_limbs: Vec::new(),
+            removed: Default::default(),
+            live,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live == 0
     }
 
     pub fn is_video(&self) -> bool {
-        self.video.is_some()
+        self.base.video.is_some()
+    }
+
+    /// Memory of the loaded hashes and their index, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.base.limbs.len() * 32
+            + self.base.entries.len() * std::mem::size_of::<BankEntry>()
+            + self.base.index.as_ref().map_or(0, |i| i.bytes())
     }
 
     /// The closest entry within the threshold over the frame's hash and, for a dihedral bank,
@@ -229,31 +364,24 @@ impl Bank {
 
     /// Every item of a video bank with a frame within the threshold of `hash`.
     pub fn video_hits(&self, hash: &Hash256) -> Vec<VideoHit> {
-        let Some(video) = &self.video else {
+        let Some(video) = &self.base.video else {
             return Vec::new();
         };
-        let q = hash.limbs();
         let mut hits: Vec<VideoHit> = Vec::new();
-        for (i, e) in self.limbs.iter().enumerate() {
-            let d = (e[0] ^ q[0]).count_ones()
-                + (e[1] ^ q[1]).count_ones()
-                + (e[2] ^ q[2]).count_ones()
-                + (e[3] ^ q[3]).count_ones();
-            if d > self.distance {
-                continue;
-            }
-            let item = &self.entries[i].item;
+        for (entry, frame, d) in self.within(&hash.limbs()) {
+            let item = &entry.item;
+            let frame = frame.unwrap_or(0);
             match hits.iter_mut().find(|h| h.item == *item) {
                 Some(h) => {
                     h.distance = h.distance.min(d);
-                    h.frames.push(video.frame[i]);
+                    h.frames.push(frame);
                 }
                 None => hits.push(VideoHit {
                     bank: self.name.clone(),
                     bank_version: self.version.clone(),
                     item: item.clone(),
                     distance: d,
-                    frames: vec![video.frame[i]],
+                    frames: vec![frame],
                     item_frames: video.frames_per_item.get(item).copied().unwrap_or(0),
                     rule: self.video_rule,
                     severity: self.severity,
@@ -267,22 +395,19 @@ impl Bank {
 
     /// The closest entry within the bank's threshold, if any.
     pub fn best_match(&self, hash: &Hash256) -> Option<Match> {
-        let q = hash.limbs();
-        let mut best: Option<(usize, u32)> = None;
-        for (i, e) in self.limbs.iter().enumerate() {
-            let d = (e[0] ^ q[0]).count_ones()
-                + (e[1] ^ q[1]).count_ones()
-                + (e[2] ^ q[2]).count_ones()
-                + (e[3] ^ q[3]).count_ones();
-            if d <= self.distance && best.is_none_or(|(_, bd)| d < bd) {
-                best = Some((i, d));
-            }
-        }
-        best.map(|(i, distance)| Match {
+        // the first of the closest, in load order (the index answers in entry order)
+        let best = self
+            .within(&hash.limbs())
+            .into_iter()
+            .fold(None::<(&BankEntry, u32)>, |best, (e, _, d)| match best {
+                Some((_, bd)) if bd <= d => best,
+                _ => Some((e, d)),
+            });
+        best.map(|(e, distance)| Match {
             bank: self.name.clone(),
             bank_version: self.version.clone(),
             threshold: self.distance,
-            entry: self.entries[i].clone(),
+            entry: e.clone(),
             distance,
             severity: self.severity,
             action: self.action,
@@ -305,24 +430,31 @@ pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
             .map(|spec| Bank::load_with(spec, Some(&added_items_path(&config.state_dir, &spec.name))))
             .collect::<Result<_, _>>()?,
     };
-    for b in &banks.banks {
-        crate::metrics::metrics()
-            .bank_hashes
-            .with_label_values(&[&b.name])
-            .set(b.len() as i64);
-        if b.is_empty() {
-            tracing::warn!(bank = %b.name, "bank is empty");
-        }
+    export_sizes(&banks);
+    for b in banks.banks.iter().filter(|b| b.is_empty()) {
+        tracing::warn!(bank = %b.name, "bank is empty");
     }
     tracing::info!(banks = %banks, "banks loaded");
     Ok(banks)
 }
 
+/// `livewatch_bank_hashes` and `livewatch_bank_bytes` for every bank.
+pub fn export_sizes(banks: &Banks) {
+    let m = crate::metrics::metrics();
+    for b in &banks.banks {
+        m.bank_hashes.with_label_values(&[&b.name]).set(b.len() as i64);
+        m.bank_bytes.with_label_values(&[&b.name]).set(b.bytes() as i64);
+    }
+}
+
 /// Appends items (PDQ lines, validated first: all or nothing) to a bank's API-added file,
-/// synced to disk. The caller reloads the bank.
-pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<usize, BankError> {
+/// synced to disk, and returns them.
+pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<Vec<BankEntry>, BankError> {
     let path = added_items_path(state_dir, bank);
-    let n = parse_pdq_lines(lines, Path::new("request"))?.len();
+    let entries = parse_pdq_lines(lines, Path::new("request"))?;
+    if entries.is_empty() {
+        return Ok(entries);
+    }
     let io = |cause| BankError::Io {
         path: path.clone(),
         cause,
@@ -338,7 +470,7 @@ pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<usize, 
     text.push('\n');
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
-    Ok(n)
+    Ok(entries)
 }
 
 /// Column names read from CSV exports, first found wins (compared case-insensitively).
@@ -511,7 +643,11 @@ pub fn remove_item(state_dir: &Path, bank: &str, item: &str) -> Result<(), BankE
 impl Bank {
     /// How many entries (hashes, or video frames) carry this item id.
     pub fn item_entries(&self, item: &str) -> usize {
-        self.entries.iter().filter(|e| &*e.item == item).count()
+        if self.removed.contains(item) {
+            return 0;
+        }
+        self.base.entries.iter().filter(|e| &*e.item == item).count()
+            + self.delta.iter().filter(|e| &*e.item == item).count()
     }
 }
 
@@ -660,7 +796,7 @@ mod tests {
         let bank = Bank::from_entries("b", PathBuf::from("b"), 31, entries, "x");
         let m = bank.best_match(&base).unwrap();
         assert_eq!((&*m.entry.item, m.distance), ("near", 10));
-        let strict = Bank::from_entries("b", PathBuf::from("b"), 9, bank.entries.clone(), "x");
+        let strict = Bank::from_entries("b", PathBuf::from("b"), 9, bank.base.entries.clone(), "x");
         assert!(strict.best_match(&base).is_none());
     }
 
@@ -736,5 +872,60 @@ mod tests {
         assert_eq!(&*found[0].bank, "known");
         assert_eq!(found[0].action, Action::Review);
         assert_eq!(&*banks.allowed(&h, None).unwrap().bank, "allowed");
+    }
+
+    #[test]
+    fn large_banks_use_the_index_and_run_time_changes_share_it() {
+        // a bank big enough to be indexed, with planted near-duplicates
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut entries = Vec::new();
+        for i in 0..6000 {
+            let mut h = Hash256::default();
+            for w in h.words.iter_mut() {
+                *w = next() as u16;
+            }
+            entries.push(BankEntry { hash: h, item: format!("i{i}").into(), label: None });
+        }
+        let bank = Bank::from_entries("big", PathBuf::from("b"), 31, entries.clone(), "x");
+        assert!(bank.base.index.is_some());
+        let brute = |entries: &[BankEntry], q: &Hash256| {
+            entries
+                .iter()
+                .map(|e| (crate::index::distance(&e.hash.limbs(), &q.limbs()), e.item.clone()))
+                .filter(|(d, _)| *d <= 31)
+                .min_by_key(|(d, _)| *d)
+        };
+        for k in [0usize, 5, 17, 30, 31, 32, 45] {
+            let mut q = entries[(k * 97) % entries.len()].hash;
+            for b in 0..k {
+                q.words[b % 16] ^= 1 << (b / 16);
+            }
+            let got = bank.best_match(&q).map(|m| (m.distance, m.entry.item.clone()));
+            assert_eq!(got.map(|g| g.0), brute(&entries, &q).map(|b| b.0), "{k} flipped bits");
+        }
+        // an added hash is matched by the next version; the original is untouched
+        let mut fresh = Hash256::default();
+        fresh.words[0] = 0xbeef;
+        let added = bank.with_added(
+            vec![BankEntry { hash: fresh, item: "new".into(), label: None }],
+            "new",
+        );
+        assert!(Arc::ptr_eq(&added.base, &bank.base), "the index is shared, not rebuilt");
+        assert_eq!(added.len(), 6001);
+        assert_ne!(added.version, bank.version);
+        assert_eq!(&*added.best_match(&fresh).unwrap().entry.item, "new");
+        // a removed item stops matching
+        let target = entries[10].hash;
+        assert_eq!(&*added.best_match(&target).unwrap().entry.item, "i10");
+        let removed = added.with_removed("i10");
+        assert_eq!(removed.len(), 6000);
+        assert!(removed.best_match(&target).is_none_or(|m| &*m.entry.item != "i10"));
+        assert_eq!(removed.item_entries("i10"), 0);
     }
 }

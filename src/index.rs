@@ -108,6 +108,15 @@ enum Strategy {
     Scan,
 }
 
+impl std::fmt::Debug for HammingIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HammingIndex")
+            .field("hashes", &self.len())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
 impl HammingIndex {
     /// Builds the index; ids are positions in `hashes`. Tables are built on scoped threads
     /// (each builds a run of tables), each table by a counting sort on its 16-bit key.

@@ -305,6 +305,64 @@ impl Reloader {
         Ok(r)
     }
 
+    /// Adds items to an image bank: written (synced) to the state directory, then a new
+    /// version of the bank, sharing the loaded part and its index, is swapped in — matched
+    /// from the next frame on, whatever the bank's size. `Ok(None)`: no such bank.
+    pub async fn add_items(&self, bank: &str, lines: &str) -> anyhow::Result<Option<(usize, String)>> {
+        let _one_at_a_time = self.lock.lock().await;
+        let current = self.banks.load_full();
+        let Some(b) = current.banks.iter().find(|b| *b.name == *bank) else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            !b.is_video(),
+            "bank {bank:?} holds videos: add vPDQ files to its folder and reload it"
+        );
+        let (dir, name, text) = (self.state_dir.clone(), bank.to_string(), lines.to_string());
+        let added = blocking(move || Ok(bank::append_items(&dir, &name, &text)?)).await?;
+        let n = added.len();
+        let next = Banks {
+            banks: current
+                .banks
+                .iter()
+                .map(|x| if *x.name == *bank { x.with_added(added.clone(), lines) } else { x.clone() })
+                .collect(),
+        };
+        let version = next.banks.iter().find(|b| *b.name == *bank).map(|b| b.version.clone()).unwrap_or_default();
+        bank::export_sizes(&next);
+        self.banks.store(Arc::new(next));
+        info!(bank, added = n, version = %version, "bank items added");
+        Ok(Some((n, version)))
+    }
+
+    /// Removes every hash of an item from a bank (recorded in the state directory).
+    /// `Ok(None)`: no such bank or item.
+    pub async fn remove_item(&self, bank: &str, item: &str) -> anyhow::Result<Option<(usize, String)>> {
+        let _one_at_a_time = self.lock.lock().await;
+        let current = self.banks.load_full();
+        let Some(b) = current.banks.iter().find(|b| *b.name == *bank) else {
+            return Ok(None);
+        };
+        let n = b.item_entries(item);
+        if n == 0 {
+            return Ok(None);
+        }
+        let (dir, name, it) = (self.state_dir.clone(), bank.to_string(), item.to_string());
+        blocking(move || Ok(bank::remove_item(&dir, &name, &it)?)).await?;
+        let next = Banks {
+            banks: current
+                .banks
+                .iter()
+                .map(|x| if *x.name == *bank { x.with_removed(item) } else { x.clone() })
+                .collect(),
+        };
+        let version = next.banks.iter().find(|b| *b.name == *bank).map(|b| b.version.clone()).unwrap_or_default();
+        bank::export_sizes(&next);
+        self.banks.store(Arc::new(next));
+        info!(bank, item, hashes = n, version = %version, "bank item removed");
+        Ok(Some((n, version)))
+    }
+
     /// Reloads on every SIGHUP, telling systemd around it.
     async fn on_sighup(
         self: Arc<Self>,

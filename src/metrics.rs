@@ -29,6 +29,7 @@ pub struct Metrics {
     pub reconnects: IntCounter,
     pub matches: IntCounterVec,
     pub bank_hashes: IntGaugeVec,
+    pub bank_bytes: IntGaugeVec,
     pub alerts_raised: IntCounterVec,
     pub alerts_suppressed: IntCounter,
     pub incident_events: IntCounterVec,
@@ -166,6 +167,13 @@ impl Metrics {
             bank_hashes: register_int_gauge_vec_with_registry!(
                 "livewatch_bank_hashes",
                 "Hashes loaded per bank",
+                &["bank"],
+                r
+            )
+            .unwrap(),
+            bank_bytes: register_int_gauge_vec_with_registry!(
+                "livewatch_bank_bytes",
+                "Memory of each bank's loaded hashes and their index",
                 &["bank"],
                 r
             )
