@@ -685,6 +685,28 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
     raw.validate(text, file, base)
 }
 
+/// The line of `section.key` in the file, for values that carry no position: the first
+/// `key = ...` after the `[section]` header and before the next header.
+fn line_of_key(text: &str, field: &str) -> Option<usize> {
+    let (section, key) = field.rsplit_once('.')?;
+    let mut inside = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            inside = line.trim_matches(|c| c == '[' || c == ']').trim() == section;
+            continue;
+        }
+        if inside {
+            if let Some(rest) = line.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -699,7 +721,10 @@ impl RawConfig {
         let err =
             |span: Option<std::ops::Range<usize>>, field: String, message: String| ConfigError {
                 file: file.to_path_buf(),
-                line: span.filter(|s| s.end > 0).map(|s| line_of(text, s.start)),
+                line: span
+                    .filter(|s| s.end > 0)
+                    .map(|s| line_of(text, s.start))
+                    .or_else(|| line_of_key(text, &field)),
                 field,
                 message,
             };
@@ -1281,5 +1306,13 @@ mod tests {
     fn relative_file_url_is_resolved_against_the_config_folder() {
         let u = parse_stream_url("file://clips/a.mp4", Path::new("/etc/livewatch")).unwrap();
         assert_eq!(u.as_str(), "file:///etc/livewatch/clips/a.mp4");
+    }
+
+    #[test]
+    fn range_errors_name_the_line_of_their_key() {
+        let e = check("[server]\nlisten = \"127.0.0.1:9\"\n\n[alerts]\n# quiet\nupdate_interval_secs = -1\n")
+            .unwrap_err();
+        assert_eq!(e.field, "alerts.update_interval_secs");
+        assert_eq!(e.line, Some(6), "{e}");
     }
 }
