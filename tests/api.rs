@@ -196,6 +196,17 @@ fn bank_items_are_added_at_run_time() {
         let (_, m) = lw.get("/metrics");
         metric(&m, "livewatch_matches_total").filter(|v| *v > 0.0)
     });
+    // a bank file broken on disk: the reload is refused, naming file and line, and the bank
+    // in force stays
+    let (_, before) = call(&lw, "GET", "/v1/banks", "");
+    std::fs::write(lw.dir.path().join("known.pdq"), "# broken\nnot-a-hash\n").unwrap();
+    let (status, v) = call(&lw, "POST", "/v1/banks/reload", "");
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("known.pdq:2:"), "{v}");
+    let (_, after) = call(&lw, "GET", "/v1/banks", "");
+    assert_eq!(before, after);
+    std::fs::write(lw.dir.path().join("known.pdq"), "# starts empty\n").unwrap();
+
     // one item removed (all its hashes), also kept across restarts
     let item = hashes
         .lines()
