@@ -4,54 +4,64 @@
 //!
 //! # Why it is exact
 //!
-//! Each hash is cut into `M` = 16 disjoint substrings of 16 bits. The Hamming distance is the
-//! sum of the 16 substring distances, so if `d(h, q) <= r` with `r = a·M + b` (`0 <= b < M`),
-//! then either one of the first `b + 1` substrings is within `a` of the query's, or one of
-//! the other `M - b - 1` substrings is within `a - 1` (otherwise the sum would be at least
-//! `(b+1)(a+1) + (M-b-1)a = r + 1`). This refined pigeonhole bound probes fewer keys than the
-//! plain "some substring within `floor(r/M)`": at r = 10 only 11 tables are probed, each for
-//! one exact key; at r = 40, 9 tables at radius 2 and 7 at radius 1. Every candidate is then
-//! verified against the full 256 bits, so the answer is exactly the brute-force set.
+//! Each hash is cut into `m` disjoint substrings (tables). The Hamming distance is the sum of
+//! the `m` substring distances, so if `d(h, q) <= r` with `r = a·m + b` (`0 <= b < m`), then
+//! either one of the first `b + 1` substrings is within `a` of the query's, or one of the
+//! other `m - b - 1` substrings is within `a - 1` (otherwise the sum would be at least
+//! `(b+1)(a+1) + (m-b-1)a = r + 1`). Every candidate is then verified against the full 256
+//! bits, so the answer is exactly the brute-force set.
 //!
-//! # Layout
+//! # Layout: long substrings, nearly empty buckets
 //!
-//! Per substring table: the entries sorted by their 16-bit key (a counting sort: linear, so
-//! 10M hashes build in seconds), a bucket offset array of 65 537 `u32`, and per entry the id
-//! (`u32`) plus 128 more bits of the hash inline (the two limbs after the key's limb). A
-//! bucket is thus two contiguous runs read front to back; the inline 128 bits plus the key's
-//! own distance give a lower bound of the full distance that rejects a random entry at r = 31
-//! with probability ≈ 1 − 2·10⁻⁹, so the full hash (one random access into the base array) is
-//! only fetched for near-matches. Inlining all 256 bits would cost 576 instead of 352 bytes
-//! per hash for no fewer random accesses in practice.
+//! The substring width follows the bank size, so that a bucket holds one to a few entries:
+//! `m = ceil(256 / log2 N)` tables, clamped to 11..=16 (16 tables of 16 bits up to ≈ 65k
+//! hashes, 13 tables of 19–20 bits at 1M, 12 tables of 21–22 bits at 10M). At r = 31 and
+//! 10M that is 8 tables probed at radius 2 and 4 at radius 1: ≈ 1 950 bucket probes reaching
+//! ≈ 7 500 entries, instead of 272 probes reaching ≈ 41 000 entries with 16-bit substrings.
+//! Measured at 10M, r = 31 on the 2-core bench machine (lookups/s, one thread / two; the
+//! machine is shared, so ±20%): 16 tables of 16 bits ≈ 2 500 on one thread; 11 tables of 23–24
+//! bits 7 000–9 000 / 14 000–14 700; 12 tables 6 600–7 250 / 13 300–15 650. 11 and 12 are
+//! equal within the noise; 12 needs less memory (237 against 255 bytes/hash) and builds in
+//! 6 s instead of 10. Buckets in fixed 32-byte slots (one memory access per probe instead of
+//! two) measured no faster (7 500 / 15 300 at 11 tables) for 442 bytes/hash, so not used.
 //!
-//! Why 16-bit substrings: at r = 31 a 16-bit table is probed at radius 1 (17 keys), a 32-bit
-//! table would need radius 3 (5 489 keys, each a cache miss). With 16 bits a bucket holds
-//! N/65 536 entries (≈ 150 at 10M), scanned sequentially.
+//! Per table: a flat bucket-offset array of `2^w + 1` `u32` (at most 64 MiB), and the
+//! entries sorted by key (a counting sort: linear), each 16 bytes inline: the id and the 96
+//! hash bits that follow the key. The key's distance plus those 96 bits' distance is a lower
+//! bound of the full distance that rejects an unrelated entry at r = 31 with probability
+//! ≈ 1 − 2·10⁻⁴, so the full hash (a random access into the base array) is fetched only for
+//! near-matches. A probe is two dependent cache misses (offset, then bucket), so the probes
+//! of a query are listed first and walked as a software pipeline: offsets prefetched
+//! [`AHEAD_OFFSETS`] probes ahead, buckets [`AHEAD_BUCKETS`] ahead.
 //!
 //! # Falling back to a scan
 //!
-//! The number of probed keys grows as Σ C(16, i), and above r ≈ 50 the inline bound stops
-//! filtering (an unrelated entry passes it with probability 0.27 at r = 60), so each pass
-//! costs a random fetch. Each query estimates the index's work (probes, entries scanned,
-//! expected fetches) and scans the base array linearly when that is cheaper: with the
-//! weights below, at 1M–10M hashes the index serves r <= 58 and the scan r >= 59 (measured
-//! break-even at 1M: r ≈ 60). Both paths are exact.
+//! The number of probed keys grows as Σ C(w, i), and at large r the inline bound stops
+//! filtering, so each pass costs a random fetch. Each query estimates the index's work
+//! (probes, entries reached, expected fetches) and scans the base array linearly when that
+//! is cheaper. Both paths are exact.
 //!
 //! Duplicates across tables: an entry reached through table `t` is reported only if no earlier
 //! probed table `t' < t` would have reached it (its substring `t'` is not within that table's
 //! radius of the query's), so no hash set is needed and each id is reported once.
 
-/// Number of substrings (tables).
-const M: usize = 16;
-/// Bits per substring.
-const SUB_BITS: u32 = 16;
-const KEYS: usize = 1 << SUB_BITS;
-/// Work units charged per probed key (offset lookup, likely cache miss) against one entry
-/// scanned in a bucket; one entry of a linear scan costs about one unit too.
-const PROBE_COST: f64 = 8.0;
+/// Fewest / most substrings (tables): widths stay within 16..=24 bits (offset arrays of at
+/// most 64 MiB), and the key plus the inline bits never overlap.
+const MIN_TABLES: usize = 11;
+const MAX_TABLES: usize = 16;
+/// Hash bits stored inline with each entry (after the key's bits).
+const INLINE_BITS: u32 = 96;
+/// Work units charged per probed key (two cache misses, overlapped by the pipeline) against
+/// one entry of a linear scan.
+const PROBE_COST: f64 = 24.0;
+/// Work units per entry reached in a bucket (a popcount bound, the line already fetched).
+const ENTRY_COST: f64 = 2.0;
 /// Work units charged when an entry passes the inline bound and its full hash is fetched
 /// (a random access into the base array).
 const FETCH_COST: f64 = 32.0;
+/// Software pipeline distances, in probes (see the module docs).
+const AHEAD_OFFSETS: usize = 24;
+const AHEAD_BUCKETS: usize = 12;
 
 /// Full Hamming distance between two 256-bit hashes.
 #[inline(always)]
@@ -62,26 +72,118 @@ pub fn distance(a: &[u64; 4], b: &[u64; 4]) -> u32 {
         + (a[3] ^ b[3]).count_ones()
 }
 
-/// Substring `t` (0..16) of a hash: bits `16·(t%4)..` of limb `t/4`.
+/// The 64 bits of `h` starting at bit `off` (bit `i` is bit `i % 64` of limb `i / 64`),
+/// wrapping around the 256 bits.
 #[inline(always)]
-fn key(h: &[u64; 4], t: usize) -> usize {
-    ((h[t / 4] >> ((t % 4) as u32 * SUB_BITS)) & (KEYS as u64 - 1)) as usize
+fn bits64(h: &[u64; 4], off: u32) -> u64 {
+    let off = off % 256;
+    let (l, s) = ((off / 64) as usize, off % 64);
+    if s == 0 {
+        h[l]
+    } else {
+        (h[l] >> s) | (h[(l + 1) % 4] << (64 - s))
+    }
 }
 
-/// The two limbs stored inline in table `t`: those after the key's limb, so they never
-/// contain the key's bits and their distance adds to the key's distance as a lower bound.
 #[inline(always)]
-fn inline_limbs(t: usize) -> (usize, usize) {
-    let l = t / 4;
-    ((l + 1) % 4, (l + 2) % 4)
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
+
+/// Substring widths for `m` tables: the narrower ones first (they get the larger radius from
+/// the pigeonhole bound, which costs fewer keys on a narrow table).
+fn widths(m: usize) -> Vec<u32> {
+    let (base, extra) = (256 / m as u32, 256 % m as u32);
+    (0..m as u32)
+        .map(|t| if t < m as u32 - extra { base } else { base + 1 })
+        .collect()
+}
+
+/// Number of tables for `n` hashes: `ceil(256 / log2 n)`, buckets of one to a few entries
+/// (`2^w` just below `n`).
+fn tables_for(n: usize) -> usize {
+    let lg = (n.max(2) as f64).log2();
+    ((256.0 / lg).ceil() as usize).clamp(MIN_TABLES, MAX_TABLES)
+}
+
+/// Σ_{i <= k} C(w, i), in f64 (a cost estimate).
+fn ball(w: u32, k: i32) -> f64 {
+    let (mut c, mut s) = (1.0f64, 0.0f64);
+    for i in 0..=k.min(w as i32) {
+        if i > 0 {
+            c = c * (w as i32 - i + 1) as f64 / i as f64;
+        }
+        s += c;
+    }
+    s
+}
+
+/// A vector of `n` copies of `fill` whose pages the kernel is asked to back with huge pages
+/// (`madvise(MADV_HUGEPAGE)`, for hosts where transparent huge pages are "madvise" only):
+/// every probe is a random access into gigabytes, and with 4 KiB pages each one also
+/// misses the TLB (measured at 10M: ≈ 1.5x more lookups/s with huge pages).
+fn huge_vec<T: Clone>(n: usize, fill: T) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    advise_huge(v.as_ptr() as usize, n * std::mem::size_of::<T>());
+    v.resize(n, fill);
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge(addr: usize, len: usize) {
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const MADV_HUGEPAGE: std::ffi::c_int = 14;
+    const HUGE: usize = 2 << 20;
+    if len < 2 * HUGE {
+        return;
+    }
+    // only the whole 2 MiB pages inside the allocation
+    let start = addr.next_multiple_of(HUGE);
+    let end = (addr + len) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: advice on pages of an allocation this process owns; it changes no contents
+        // and a failure (e.g. an old kernel) is harmless, so the result is ignored.
+        unsafe {
+            madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_addr: usize, _len: usize) {}
 
 struct Table {
-    /// `offsets[k]..offsets[k+1]` is bucket `k` in `frags` and `ids`.
+    /// First bit of the key, and its width.
+    off: u32,
+    width: u32,
+    /// `offsets[k]..offsets[k+1]` is bucket `k` in `entries`.
     offsets: Vec<u32>,
-    /// The two inline limbs (see [`inline_limbs`]) of each entry, in bucket order.
-    frags: Vec<[u64; 2]>,
-    ids: Vec<u32>,
+    /// `[id, inline bits 0..32, 32..64, 64..96]` in bucket order, ids ascending per bucket.
+    entries: Vec<[u32; 4]>,
+}
+
+impl Table {
+    #[inline(always)]
+    fn key(&self, h: &[u64; 4]) -> usize {
+        (bits64(h, self.off) & ((1u64 << self.width) - 1)) as usize
+    }
+
+    /// The 96 bits after the key: disjoint from the key's, so their distances add up to a
+    /// lower bound.
+    #[inline(always)]
+    fn inline(&self, h: &[u64; 4]) -> (u64, u32) {
+        let o = self.off + self.width;
+        (bits64(h, o), bits64(h, o + 64) as u32)
+    }
 }
 
 /// Exact index for "all stored hashes within Hamming distance r of a query".
@@ -89,13 +191,8 @@ pub struct HammingIndex {
     /// Hashes by id, for final verification and the linear fallback.
     hashes: Vec<[u64; 4]>,
     tables: Vec<Table>,
-    /// All 16-bit masks ordered by popcount; `cum[i]` = number of masks with popcount <= i.
-    /// Probing a key at radius ρ enumerates `key ^ masks[..cum[ρ]]`.
-    masks: Vec<u16>,
-    cum: [usize; SUB_BITS as usize + 1],
-    /// `pass[r]` = P(Binomial(128, 1/2) <= r): the chance that an unrelated entry passes the
-    /// inline 128-bit bound at radius r (and costs a fetch). Small at r = 31 (≈ 2·10⁻⁹), ≈ 0.17
-    /// at r = 58: there the fetches, not the probes, make the scan the cheaper path.
+    /// `pass[r]` = P(Binomial(96, 1/2) <= r): about the chance that an unrelated entry passes
+    /// the inline bound at radius r (and costs a fetch). ≈ 2·10⁻⁴ at r = 31, 0.5 at r = 48.
     pass: Vec<f64>,
 }
 
@@ -112,33 +209,52 @@ impl std::fmt::Debug for HammingIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HammingIndex")
             .field("hashes", &self.len())
+            .field("tables", &self.tables.len())
             .field("bytes", &self.bytes())
             .finish()
     }
 }
 
 impl HammingIndex {
-    /// Builds the index; ids are positions in `hashes`. Tables are built on scoped threads
-    /// (each builds a run of tables), each table by a counting sort on its 16-bit key.
+    /// Builds the index; ids are positions in `hashes`. The number of tables follows
+    /// `hashes.len()` (module docs).
     pub fn new(hashes: &[[u64; 4]]) -> Self {
+        Self::with_tables(hashes, tables_for(hashes.len()))
+    }
+
+    /// [`new`](Self::new) with an explicit number of tables (11..=16), for measurements.
+    #[doc(hidden)]
+    pub fn with_tables(hashes: &[[u64; 4]], m: usize) -> Self {
         assert!(
             hashes.len() < u32::MAX as usize,
             "ids are u32: at most 2^32 - 1 hashes"
         );
+        assert!((MIN_TABLES..=MAX_TABLES).contains(&m), "tables: 11..=16");
+        let ws = widths(m);
+        let offs: Vec<u32> = ws
+            .iter()
+            .scan(0, |o, &w| {
+                let off = *o;
+                *o += w;
+                Some(off)
+            })
+            .collect();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
-            .clamp(1, M);
-        let mut tables: Vec<Option<Table>> = (0..M).map(|_| None).collect();
+            .clamp(1, m);
+        let mut tables: Vec<Option<Table>> = (0..m).map(|_| None).collect();
+        let per = m.div_ceil(threads);
         std::thread::scope(|s| {
             let chunks: Vec<_> = tables
-                .chunks_mut(M.div_ceil(threads))
+                .chunks_mut(per)
                 .enumerate()
                 .map(|(c, chunk)| {
-                    let first = c * M.div_ceil(threads);
+                    let (ws, offs) = (&ws, &offs);
                     s.spawn(move || {
                         for (i, slot) in chunk.iter_mut().enumerate() {
-                            *slot = Some(build_table(hashes, first + i));
+                            let t = c * per + i;
+                            *slot = Some(build_table(hashes, offs[t], ws[t]));
                         }
                     })
                 })
@@ -147,34 +263,30 @@ impl HammingIndex {
                 c.join().expect("table build thread");
             }
         });
-        let mut masks: Vec<u16> = (0..KEYS as u32).map(|m| m as u16).collect();
-        masks.sort_by_key(|m| (m.count_ones(), *m));
-        let mut cum = [0usize; SUB_BITS as usize + 1];
-        for m in &masks {
-            for c in cum.iter_mut().skip(m.count_ones() as usize) {
-                *c += 1;
-            }
-        }
-        // binomial(128, 1/2) CDF by Pascal's rule in f64 (exact enough for a cost estimate)
+        // binomial(96, 1/2) CDF by Pascal's rule in f64 (exact enough for a cost estimate)
         let mut row = vec![1.0f64];
-        for _ in 0..128 {
+        for _ in 0..INLINE_BITS {
             let mut next = vec![0.5 * row[0]];
             next.extend(row.windows(2).map(|w| 0.5 * (w[0] + w[1])));
             next.push(0.5 * row[row.len() - 1]);
             row = next;
         }
-        let mut pass = Vec::with_capacity(row.len());
+        let mut pass = Vec::with_capacity(257);
         let mut acc = 0.0;
         for p in &row {
             acc += p;
             pass.push(f64::min(acc, 1.0));
         }
-        pass[128] = 1.0; // rounding aside, every entry passes at r >= 128
+        pass.resize(257, 1.0); // every entry passes at r >= 96
         HammingIndex {
-            hashes: hashes.to_vec(),
+            hashes: {
+                let mut v = huge_vec(0, [0u64; 4]);
+                v.reserve_exact(hashes.len());
+                advise_huge(v.as_ptr() as usize, hashes.len() * 32);
+                v.extend_from_slice(hashes);
+                v
+            },
             tables: tables.into_iter().map(|t| t.expect("built")).collect(),
-            masks,
-            cum,
             pass,
         }
     }
@@ -187,20 +299,15 @@ impl HammingIndex {
         self.hashes.is_empty()
     }
 
-    /// Heap bytes held (hashes, tables, mask list); divide by [`len`](Self::len) for bytes
-    /// per hash (352 plus a fixed ≈ 4.3 MB).
+    /// Heap bytes held (hashes, tables); divide by [`len`](Self::len) for bytes per hash
+    /// (32 + 16 per table, plus the offset arrays: 4·2^w per table).
     pub fn bytes(&self) -> usize {
         let tables: usize = self
             .tables
             .iter()
-            .map(|t| {
-                t.offsets.capacity() * 4 + t.frags.capacity() * 16 + t.ids.capacity() * 4
-            })
+            .map(|t| t.offsets.capacity() * 4 + t.entries.capacity() * 16)
             .sum();
-        self.hashes.capacity() * 32
-            + tables
-            + self.masks.capacity() * 2
-            + self.pass.capacity() * 8
+        self.hashes.capacity() * 32 + tables + self.pass.capacity() * 8
     }
 
     /// All `(id, distance)` with `distance <= max_distance`, in ascending id order.
@@ -240,28 +347,32 @@ impl HammingIndex {
     }
 
     /// Per-table probe radius from the refined pigeonhole bound (module docs); `-1` = skip.
-    fn radii(r: u32) -> [i32; M] {
-        let (a, b) = ((r / M as u32) as i32, (r % M as u32) as usize);
-        let mut radii = [a - 1; M];
-        for x in radii.iter_mut().take(b + 1) {
-            *x = a;
+    /// Capped at each table's width (beyond it every key is within reach anyway).
+    fn radii(&self, r: u32) -> [i32; MAX_TABLES] {
+        let m = self.tables.len().max(1);
+        let (a, b) = ((r / m as u32) as i32, (r % m as u32) as usize);
+        let mut radii = [-1; MAX_TABLES];
+        for (t, table) in self.tables.iter().enumerate() {
+            radii[t] = if t <= b { a } else { a - 1 }.min(table.width as i32);
         }
-        // beyond 16 every key of a 16-bit table is within reach anyway
-        radii.map(|x| x.min(SUB_BITS as i32))
+        radii
     }
 
-    /// Whether probing the tables at radius `r` is expected to cost less than a scan: the
-    /// entries scanned are probes · n / 65 536, a share `pass[r]` of them fetched in full.
+    /// Whether probing the tables at radius `r` is expected to cost less than a scan.
     fn index_cheaper(&self, r: u32) -> bool {
         let n = self.hashes.len() as f64;
-        let probes: usize = Self::radii(r)
+        let radii = self.radii(r);
+        let pass = self.pass[(r as usize).min(256)];
+        let cost: f64 = self
+            .tables
             .iter()
-            .filter(|&&x| x >= 0)
-            .map(|&x| self.cum[x as usize])
+            .zip(radii)
+            .filter(|(_, rho)| *rho >= 0)
+            .map(|(t, rho)| {
+                let bucket = n / (1u64 << t.width) as f64;
+                ball(t.width, rho) * (PROBE_COST + bucket * (ENTRY_COST + FETCH_COST * pass))
+            })
             .sum();
-        let bucket = n / KEYS as f64;
-        let pass = self.pass[(r as usize).min(128)];
-        let cost = probes as f64 * (PROBE_COST + bucket * (1.0 + FETCH_COST * pass));
         cost < n
     }
 
@@ -270,12 +381,12 @@ impl HammingIndex {
         if self.hashes.is_empty() {
             return Vec::new();
         }
-        let radii = Self::radii(r);
         let use_index = match strategy {
             Strategy::Index => true,
             Strategy::Scan => false,
             Strategy::Auto => self.index_cheaper(r),
         };
+        let radii = self.radii(r);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("popcnt") {
             // SAFETY: the CPU has POPCNT, the only feature these functions enable.
@@ -299,7 +410,7 @@ impl HammingIndex {
     // feature and chosen at run time, make verification ~3x cheaper on any CPU since 2008.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
-    fn probe_popcnt(&self, q: &[u64; 4], r: u32, radii: &[i32; M]) -> Vec<(u32, u32)> {
+    fn probe_popcnt(&self, q: &[u64; 4], r: u32, radii: &[i32; MAX_TABLES]) -> Vec<(u32, u32)> {
         self.probe(q, r, radii)
     }
 
@@ -311,31 +422,78 @@ impl HammingIndex {
 
     /// Probes the tables at `radii`, verifies candidates, reports each match once.
     #[inline(always)]
-    fn probe(&self, q: &[u64; 4], r: u32, radii: &[i32; M]) -> Vec<(u32, u32)> {
-        let mut out = Vec::new();
+    fn probe(&self, q: &[u64; 4], r: u32, radii: &[i32; MAX_TABLES]) -> Vec<(u32, u32)> {
+        // 1. every probe as (table << 40 | key distance << 32 | key)
+        let total: f64 = (0..self.tables.len())
+            .filter(|&t| radii[t] >= 0)
+            .map(|t| ball(self.tables[t].width, radii[t]))
+            .sum();
+        let mut probes: Vec<u64> = Vec::with_capacity(total.min(1e7) as usize);
+        let mut qkeys = [0usize; MAX_TABLES];
+        let mut qin = [(0u64, 0u32); MAX_TABLES];
         for (t, table) in self.tables.iter().enumerate() {
-            let rho = radii[t];
+            let (rho, w) = (radii[t], table.width);
+            qkeys[t] = table.key(q);
+            qin[t] = table.inline(q);
             if rho < 0 {
                 continue;
             }
-            let qk = key(q, t);
-            let (la, lb) = inline_limbs(t);
-            let (qa, qb) = (q[la], q[lb]);
-            for &mask in &self.masks[..self.cum[rho as usize]] {
-                let k = qk ^ mask as usize;
-                let key_d = mask.count_ones();
-                let (lo, hi) = (
-                    table.offsets[k] as usize,
-                    table.offsets[k + 1] as usize,
-                );
-                let frags = &table.frags[lo..hi];
-                let ids = &table.ids[lo..hi];
-                for (f, &id) in frags.iter().zip(ids) {
-                    // lower bound: key bits + the two inline limbs (disjoint bit sets)
-                    let bound = key_d + (f[0] ^ qa).count_ones() + (f[1] ^ qb).count_ones();
+            let qk = qkeys[t] as u64;
+            let tag = (t as u64) << 40;
+            for k in 0..=rho as u32 {
+                // all w-bit masks of popcount k, in increasing order (Gosper's hack)
+                let mut mask: u64 = (1u64 << k) - 1;
+                while mask < (1u64 << w) {
+                    probes.push(tag | (k as u64) << 32 | (qk ^ mask));
+                    if mask == 0 {
+                        break;
+                    }
+                    // Gosper's hack; the division by the lowest set bit is a shift
+                    let tz = mask.trailing_zeros();
+                    let s = mask + (1u64 << tz);
+                    mask = (((s ^ mask) >> 2) >> tz) | s;
+                }
+            }
+        }
+        // 2. the pipeline: offsets AHEAD_OFFSETS ahead, buckets AHEAD_BUCKETS ahead
+        let n = probes.len();
+        let mut ranges: Vec<(u32, u32)> = vec![(0, 0); n];
+        let split = |p: u64| ((p >> 40) as usize, ((p >> 32) & 0xff) as u32, (p & 0xffff_ffff) as usize);
+        let mut out = Vec::new();
+        let lag = AHEAD_OFFSETS - AHEAD_BUCKETS;
+        for i in 0..n + AHEAD_OFFSETS {
+            if i < n {
+                let (t, _, k) = split(probes[i]);
+                prefetch(self.tables[t].offsets.as_ptr().wrapping_add(k));
+            }
+            if i >= lag && i - lag < n {
+                let j = i - lag;
+                let (t, _, k) = split(probes[j]);
+                let table = &self.tables[t];
+                let (lo, hi) = (table.offsets[k], table.offsets[k + 1]);
+                ranges[j] = (lo, hi);
+                if lo < hi {
+                    prefetch(table.entries.as_ptr().wrapping_add(lo as usize));
+                    prefetch(table.entries.as_ptr().wrapping_add(hi as usize - 1));
+                }
+            }
+            if i >= AHEAD_OFFSETS {
+                let j = i - AHEAD_OFFSETS;
+                let (t, kd, _) = split(probes[j]);
+                let (lo, hi) = ranges[j];
+                if lo == hi {
+                    continue;
+                }
+                let table = &self.tables[t];
+                let (qa, qb) = qin[t];
+                for e in &table.entries[lo as usize..hi as usize] {
+                    let a = u64::from(e[1]) | u64::from(e[2]) << 32;
+                    // lower bound: key bits + the 96 inline bits (disjoint bit sets)
+                    let bound = kd + (a ^ qa).count_ones() + (e[3] ^ qb).count_ones();
                     if bound > r {
                         continue;
                     }
+                    let id = e[0];
                     let h = &self.hashes[id as usize];
                     let d = distance(h, q);
                     if d > r {
@@ -343,7 +501,8 @@ impl HammingIndex {
                     }
                     // reported already through an earlier table that reaches it?
                     let seen = (0..t).any(|u| {
-                        radii[u] >= 0 && ((key(h, u) ^ key(q, u)).count_ones() as i32) <= radii[u]
+                        radii[u] >= 0
+                            && ((self.tables[u].key(h) ^ qkeys[u]).count_ones() as i32) <= radii[u]
                     });
                     if !seen {
                         out.push((id, d));
@@ -371,31 +530,33 @@ impl HammingIndex {
 }
 
 /// One substring table by counting sort on its key.
-fn build_table(hashes: &[[u64; 4]], t: usize) -> Table {
-    let mut offsets = vec![0u32; KEYS + 1];
+fn build_table(hashes: &[[u64; 4]], off: u32, width: u32) -> Table {
+    let keys = 1usize << width;
+    let mut table = Table {
+        off,
+        width,
+        offsets: huge_vec(keys + 1, 0u32),
+        entries: Vec::new(),
+    };
     for h in hashes {
-        offsets[key(h, t) + 1] += 1;
+        let k = table.key(h);
+        table.offsets[k + 1] += 1;
     }
-    for k in 0..KEYS {
-        offsets[k + 1] += offsets[k];
+    for k in 0..keys {
+        table.offsets[k + 1] += table.offsets[k];
     }
-    let mut cursor: Vec<u32> = offsets[..KEYS].to_vec();
-    let n = hashes.len();
-    let mut frags = vec![[0u64; 2]; n];
-    let mut ids = vec![0u32; n];
-    let (la, lb) = inline_limbs(t);
+    let mut cursor = huge_vec(keys, 0u32);
+    cursor.copy_from_slice(&table.offsets[..keys]);
+    let mut entries = huge_vec(hashes.len(), [0u32; 4]);
     // ids are visited in ascending order, so each bucket lists its ids ascending
     for (id, h) in hashes.iter().enumerate() {
-        let c = &mut cursor[key(h, t)];
-        frags[*c as usize] = [h[la], h[lb]];
-        ids[*c as usize] = id as u32;
+        let c = &mut cursor[table.key(h)];
+        let (a, b) = table.inline(h);
+        entries[*c as usize] = [id as u32, a as u32, (a >> 32) as u32, b];
         *c += 1;
     }
-    Table {
-        offsets,
-        frags,
-        ids,
-    }
+    table.entries = entries;
+    table
 }
 
 #[cfg(test)]
@@ -448,12 +609,24 @@ mod tests {
 
     const THRESHOLDS: [u32; 8] = [0, 1, 10, 15, 16, 31, 40, 60];
 
+    /// The layouts under test: the default for the corpus size (16 tables of 16 bits at a
+    /// few thousand hashes) and the long-substring one large banks get (12 tables of 21–22
+    /// bits; 11 tables would allocate 448 MB of offsets in every test).
+    fn layouts(hashes: &[[u64; 4]]) -> Vec<HammingIndex> {
+        vec![HammingIndex::new(hashes), HammingIndex::with_tables(hashes, 12)]
+    }
+
     /// Every strategy agrees with brute force for every threshold.
     fn check(index: &HammingIndex, hashes: &[[u64; 4]], q: &[u64; 4]) {
         for r in THRESHOLDS {
             let want = brute(hashes, q, r);
             for s in [Strategy::Auto, Strategy::Index, Strategy::Scan] {
-                assert_eq!(index.query_with(q, r, s), want, "r = {r}, {s:?}");
+                assert_eq!(
+                    index.query_with(q, r, s),
+                    want,
+                    "r = {r}, {s:?}, {} tables",
+                    index.tables.len()
+                );
             }
             let nearest = want.iter().copied().min_by_key(|&(id, d)| (d, id));
             assert_eq!(index.nearest_within(q, r), nearest, "nearest r = {r}");
@@ -480,10 +653,11 @@ mod tests {
     fn random_queries_match_brute_force() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let hashes = corpus(&mut rng, 3000);
-        let index = HammingIndex::new(&hashes);
-        assert_eq!(index.len(), hashes.len());
-        for _ in 0..40 {
-            check(&index, &hashes, &rng.hash());
+        for index in layouts(&hashes) {
+            assert_eq!(index.len(), hashes.len());
+            for _ in 0..40 {
+                check(&index, &hashes, &rng.hash());
+            }
         }
     }
 
@@ -491,11 +665,12 @@ mod tests {
     fn planted_near_duplicates_match_brute_force() {
         let mut rng = Rng(42);
         let hashes = corpus(&mut rng, 3000);
-        let index = HammingIndex::new(&hashes);
-        for k in 0..=40u32 {
-            for _ in 0..3 {
-                let src = hashes[rng.below(hashes.len() as u64) as usize];
-                check(&index, &hashes, &flip(&mut rng, &src, k));
+        for index in layouts(&hashes) {
+            for k in 0..=40u32 {
+                for _ in 0..3 {
+                    let src = hashes[rng.below(hashes.len() as u64) as usize];
+                    check(&index, &hashes, &flip(&mut rng, &src, k));
+                }
             }
         }
     }
@@ -507,46 +682,74 @@ mod tests {
     fn adversarial_flip_patterns() {
         let mut rng = Rng(7);
         let hashes: Vec<[u64; 4]> = (0..500).map(|_| rng.hash()).collect();
-        let index = HammingIndex::new(&hashes);
-        for r in THRESHOLDS {
-            let radii = HammingIndex::radii(r);
-            for catch in 0..M {
-                let src = hashes[rng.below(hashes.len() as u64) as usize];
-                let mut q = src;
-                let mut total = 0u32;
-                for (t, &rho) in radii.iter().enumerate() {
-                    // substring t gets rho + 1 flips (missed by its table), except `catch`
-                    let want = if t == catch { rho.max(0) } else { rho + 1 } as u32;
-                    for bit in 0..want.min(SUB_BITS) {
-                        if total >= r {
-                            break;
+        for index in layouts(&hashes) {
+            for r in THRESHOLDS {
+                let radii = index.radii(r);
+                for catch in 0..index.tables.len() {
+                    let src = hashes[rng.below(hashes.len() as u64) as usize];
+                    let mut q = src;
+                    let mut total = 0u32;
+                    for (t, table) in index.tables.iter().enumerate() {
+                        let rho = radii[t];
+                        // substring t gets rho + 1 flips (missed by its table), except `catch`
+                        let want = if t == catch { rho.max(0) } else { rho + 1 } as u32;
+                        for bit in 0..want.min(table.width) {
+                            if total >= r {
+                                break;
+                            }
+                            let b = table.off + bit;
+                            q[b as usize / 64] ^= 1 << (b % 64);
+                            total += 1;
                         }
-                        let b = t as u32 * SUB_BITS + bit;
-                        q[b as usize / 64] ^= 1 << (b % 64);
-                        total += 1;
                     }
+                    check(&index, &hashes, &q);
                 }
-                check(&index, &hashes, &q);
             }
         }
     }
 
     #[test]
+    fn layout_follows_the_bank_size() {
+        assert_eq!(tables_for(0), 16);
+        assert_eq!(tables_for(4096), 16);
+        assert_eq!(tables_for(1_000_000), 13);
+        assert_eq!(tables_for(10_000_000), 12);
+        assert_eq!(tables_for(usize::MAX >> 1), MIN_TABLES);
+        for m in MIN_TABLES..=MAX_TABLES {
+            let w = widths(m);
+            assert_eq!(w.iter().sum::<u32>(), 256);
+            assert!(w.windows(2).all(|p| p[0] <= p[1]));
+            assert!(w[m - 1] + INLINE_BITS <= 256 && w[m - 1] <= 24);
+        }
+        assert_eq!(widths(11), [23, 23, 23, 23, 23, 23, 23, 23, 24, 24, 24]);
+    }
+
+    #[test]
+    fn bits_wrap_around() {
+        let h = [0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0x1111_2222_3333_4444, 0x5555_6666_7777_8888];
+        assert_eq!(bits64(&h, 0), h[0]);
+        assert_eq!(bits64(&h, 64), h[1]);
+        assert_eq!(bits64(&h, 4) & 0xFFFF, 0xBCDE);
+        assert_eq!(bits64(&h, 240) & 0xFFFF_FFFF, 0xCDEF_5555);
+        assert_eq!(bits64(&h, 256 + 8), bits64(&h, 8));
+    }
+
+    #[test]
     fn cost_model_picks_sensible_paths() {
         let index = HammingIndex::new(&[[0; 4]; 1]);
-        assert_eq!(index.pass.len(), 129);
-        assert!(index.pass[31] < 1e-8 && index.pass[31] > 0.0);
-        assert!((index.pass[63] - 0.5).abs() < 0.05);
-        assert_eq!(index.pass[128], 1.0);
+        assert_eq!(index.pass.len(), 257);
+        assert!(index.pass[31] < 1e-3 && index.pass[31] > 0.0);
+        assert!((index.pass[48] - 0.5).abs() < 0.05);
+        assert_eq!(index.pass[96], 1.0);
         // one hash: a probe costs more than scanning it
         assert!(!index.index_cheaper(0));
         assert!(!index.index_cheaper(31));
-        // 1M hashes: only the length matters to the cost model, so no tables are built
+        // 1M hashes: only the length and the widths matter to the cost model
         let big = HammingIndex {
             hashes: vec![[0; 4]; 1 << 20],
-            ..HammingIndex::new(&[])
+            ..HammingIndex::with_tables(&[], tables_for(1 << 20))
         };
-        for r in [0, 10, 31, 40, 50] {
+        for r in [0, 10, 31, 40] {
             assert!(big.index_cheaper(r), "1M, r = {r}: index expected");
         }
         for r in [60, 64, 100, 256] {
@@ -614,15 +817,21 @@ mod tests {
     fn radii_follow_the_refined_pigeonhole_bound() {
         // Σ (radius + 1) over tables must be r + 1: the sum of substring distances of a miss
         // is then at least r + 1.
-        for r in 0..=200u32 {
-            let radii = HammingIndex::radii(r);
-            let s: i32 = radii.iter().map(|&x| x + 1).sum();
-            if radii.iter().all(|&x| x < SUB_BITS as i32) {
-                assert_eq!(s, r as i32 + 1, "r = {r}");
+        for m in [11, 13, 16] {
+            let index = HammingIndex::with_tables(&[], m);
+            for r in 0..=200u32 {
+                let radii = index.radii(r);
+                assert!(radii[m..].iter().all(|&x| x == -1));
+                let s: i32 = radii[..m].iter().map(|&x| x + 1).sum();
+                if radii[..m].iter().zip(&index.tables).all(|(&x, t)| x < t.width as i32) {
+                    assert_eq!(s, r as i32 + 1, "m = {m}, r = {r}");
+                }
             }
+            assert_eq!(index.radii(0)[..2], [0, -1]);
         }
-        assert_eq!(HammingIndex::radii(0)[..2], [0, -1]);
-        assert_eq!(HammingIndex::radii(31), [1; M]);
+        assert_eq!(HammingIndex::with_tables(&[], 16).radii(31), [1; 16]);
+        let r11 = HammingIndex::with_tables(&[], 11).radii(31);
+        assert_eq!(r11[..11], [2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1]);
     }
 
     #[test]
@@ -630,7 +839,7 @@ mod tests {
         let mut rng = Rng(1);
         let hashes: Vec<[u64; 4]> = (0..10_000).map(|_| rng.hash()).collect();
         let index = HammingIndex::new(&hashes);
-        let fixed = M * (KEYS + 1) * 4 + KEYS * 2 + 129 * 8;
-        assert_eq!(index.bytes(), 10_000 * (32 + M * 20) + fixed);
+        let fixed = 16 * ((1 << 16) + 1) * 4 + 257 * 8;
+        assert_eq!(index.bytes(), 10_000 * (32 + 16 * 16) + fixed);
     }
 }
