@@ -291,7 +291,7 @@ fn run(n: usize, tables: Option<usize>) -> Row {
     write_hashes(&dir.join("queries.bin"), &queries);
     let counts: Vec<u8> = got.iter().flat_map(|v| (v.len() as u32).to_le_bytes()).collect();
     std::fs::write(dir.join("counts.bin"), counts).expect("write counts");
-    let quick = std::env::var_os("INDEX_BENCH_QUICK").is_some();
+    let quick = std::env::var_os("INDEX_BENCH_QUICK").is_some() || !full_run();
     let faiss = if quick { None } else { faiss(&dir, checked) };
     for f in ["hashes.bin", "queries.bin", "counts.bin"] {
         let _ = std::fs::remove_file(dir.join(f));
@@ -316,11 +316,20 @@ fn run(n: usize, tables: Option<usize>) -> Row {
     }
 }
 
+fn full_run() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 fn main() {
     let tables: Option<usize> = std::env::var("INDEX_BENCH_TABLES")
         .ok()
         .map(|s| s.trim().parse().expect("INDEX_BENCH_TABLES: 11..=16"));
+    if !full_run() {
+        // `cargo bench` passes --bench; under `cargo test` this runs once, small, as a check
+        println!("index: test build, 20 000 hashes, no faiss: checks the results, timings not meaningful");
+    }
     let sizes: Vec<usize> = match std::env::var("INDEX_BENCH_SIZES") {
+        _ if !full_run() => vec![20_000],
         Ok(s) => s
             .split(',')
             .map(|x| x.trim().parse().expect("INDEX_BENCH_SIZES: comma-separated counts"))

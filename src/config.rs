@@ -903,9 +903,9 @@ impl RawConfig {
                 min_percent: b.min_percent.unwrap_or(self.matching.video_min_percent),
                 min_frames: b.min_frames.unwrap_or(self.matching.video_min_frames),
             };
-            if !(video.window >= Duration::from_secs(1) && video.window <= Duration::from_secs(3600))
-                || !(video.min_percent > 0.0 && video.min_percent <= 100.0)
-                || video.min_frames == 0
+            let window_ok = (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&video.window);
+            let percent_ok = video.min_percent > 0.0 && video.min_percent <= 100.0;
+            if !window_ok || !percent_ok || video.min_frames == 0
             {
                 return Err(err(
                     Some(b.name.span()),

@@ -384,6 +384,7 @@ impl Reloader {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn hash_thread(
     mut engine: hash::Engine,
     batch_size: usize,

@@ -100,6 +100,9 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// An event with each endpoint's delivery state.
+pub type EventDeliveries = (StoredEvent, Vec<(String, DeliveryState)>);
+
 pub struct Outbox {
     db: Database,
     path: PathBuf,
@@ -365,7 +368,7 @@ impl Outbox {
     pub fn incident_events(
         &self,
         id: &str,
-    ) -> anyhow::Result<Vec<(StoredEvent, Vec<(String, DeliveryState)>)>> {
+    ) -> anyhow::Result<Vec<EventDeliveries>> {
         let tx = self.db.begin_read()?;
         let ie = tx.open_table(INCIDENT_EVENTS)?;
         let events = tx.open_table(EVENTS)?;
