@@ -450,27 +450,28 @@ pub fn export_sizes(banks: &Banks) {
 /// Appends items (PDQ lines, validated first: all or nothing) to a bank's API-added file,
 /// synced to disk, and returns them.
 pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<Vec<BankEntry>, BankError> {
-    let path = added_items_path(state_dir, bank);
     let entries = parse_pdq_lines(lines, Path::new("request"))?;
-    if entries.is_empty() {
-        return Ok(entries);
+    if !entries.is_empty() {
+        append_synced(&added_items_path(state_dir, bank), lines.trim_end())?;
     }
+    Ok(entries)
+}
+
+/// Appends a line (or lines) to a file of the state directory and syncs it.
+fn append_synced(path: &Path, text: &str) -> Result<(), BankError> {
     let io = |cause| BankError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         cause,
     };
     std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(path)
         .map_err(io)?;
     use std::io::Write as _;
-    let mut text = lines.trim_end().to_string();
-    text.push('\n');
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok(entries)
+    writeln!(f, "{text}").map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 /// Column names read from CSV exports, first found wins (compared case-insensitively).
@@ -623,21 +624,7 @@ fn load_vpdq(path: &Path, min_quality: u8) -> Result<(Vec<BankEntry>, VideoInfo,
 
 /// Records that an item is removed from a bank (all its hashes), synced; the caller reloads.
 pub fn remove_item(state_dir: &Path, bank: &str, item: &str) -> Result<(), BankError> {
-    let path = added_items_path(state_dir, bank).with_extension("removed");
-    let io = |cause| BankError::Io {
-        path: path.clone(),
-        cause,
-    };
-    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io)?;
-    use std::io::Write as _;
-    writeln!(f, "{item}").map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok(())
+    append_synced(&added_items_path(state_dir, bank).with_extension("removed"), item)
 }
 
 impl Bank {

@@ -4,17 +4,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-
-fn testdata() -> Option<PathBuf> {
-    let dir = std::env::var_os("LIVEWATCH_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/testdata/threatexchange"));
-    dir.join("videos").is_dir().then_some(dir)
-}
 
 fn scan(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
     let out = Command::new(binary()).arg("scan").args(args).output().unwrap();
@@ -36,20 +28,12 @@ fn of_type<'a>(lines: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::V
 
 #[test]
 fn scan_finds_banked_videos_in_edited_copies_and_nothing_in_others() {
-    let Some(data) = testdata() else {
+    let Some(data) = threatexchange() else {
         eprintln!("\n*** SKIPPED: ThreatExchange videos (set LIVEWATCH_TESTDATA) ***\n");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let bank = dir.path().join("known-videos");
-    std::fs::create_dir(&bank).unwrap();
-    for item in ["chair-orig-22-sd-bar", "pattern-sd-grey-bar"] {
-        std::fs::copy(
-            data.join(format!("vpdq-hashes/{item}.txt")),
-            bank.join(format!("{item}.txt")),
-        )
-        .unwrap();
-    }
+    let bank = video_bank(dir.path(), &data, &["chair-orig-22-sd-bar", "pattern-sd-grey-bar"]);
     let v = |n: &str| data.join(format!("videos/{n}.mp4")).display().to_string();
     let (code, lines, err) = scan(&[
         "--bank",
@@ -96,7 +80,7 @@ fn scan_finds_banked_videos_in_edited_copies_and_nothing_in_others() {
 
 #[test]
 fn scan_matches_images_through_rotations_and_csv_exports() {
-    let Some(data) = testdata() else {
+    let Some(data) = threatexchange() else {
         eprintln!("\n*** SKIPPED: ThreatExchange images (set LIVEWATCH_TESTDATA) ***\n");
         return;
     };

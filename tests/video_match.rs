@@ -9,13 +9,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn testdata() -> Option<PathBuf> {
-    let dir = std::env::var_os("LIVEWATCH_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/testdata/threatexchange"));
-    dir.join("videos").is_dir().then_some(dir)
-}
-
 /// The clip re-encoded for the RTSP test server: no B-frames, no audio, a keyframe every 2 s
 /// (as the original), so only the edit differs from what a live encoder would send.
 fn for_rtsp(videos: &Path, name: &str) -> PathBuf {
@@ -33,7 +26,7 @@ fn for_rtsp(videos: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn edited_copies_of_banked_videos_raise_video_match_incidents_over_rtsp() {
-    let Some(data) = testdata() else {
+    let Some(data) = threatexchange() else {
         eprintln!("\n*** SKIPPED: ThreatExchange videos (set LIVEWATCH_TESTDATA) ***\n");
         return;
     };
@@ -59,15 +52,7 @@ fn edited_copies_of_banked_videos_raise_video_match_incidents_over_rtsp() {
 
     // the bank: the two originals' published vPDQ files, one file per item
     let dir = tempfile::tempdir().unwrap();
-    let bank = dir.path().join("known-videos");
-    std::fs::create_dir(&bank).unwrap();
-    for item in ["chair-orig-22-sd-bar", "pattern-sd-grey-bar"] {
-        std::fs::copy(
-            data.join(format!("vpdq-hashes/{item}.txt")),
-            bank.join(format!("{item}.txt")),
-        )
-        .unwrap();
-    }
+    video_bank(dir.path(), &data, &["chair-orig-22-sd-bar", "pattern-sd-grey-bar"]);
     let receiver = Receiver::start(0);
     let mut config = format!(
         "[sampling]\nmode = \"fps\"\nrate = 5\n\n\

@@ -564,3 +564,26 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Meta's ThreatExchange reference data (`LIVEWATCH_TESTDATA`, else `../shared/testdata/...`),
+/// when present.
+pub fn threatexchange() -> Option<PathBuf> {
+    let dir = std::env::var_os("LIVEWATCH_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/testdata/threatexchange"));
+    dir.join("videos").is_dir().then_some(dir)
+}
+
+/// A video bank folder in `dir`: the published vPDQ files of `items`, one file per item.
+pub fn video_bank(dir: &Path, data: &Path, items: &[&str]) -> PathBuf {
+    let bank = dir.join("known-videos");
+    std::fs::create_dir_all(&bank).unwrap();
+    for item in items {
+        std::fs::copy(
+            data.join(format!("vpdq-hashes/{item}.txt")),
+            bank.join(format!("{item}.txt")),
+        )
+        .unwrap();
+    }
+    bank
+}
