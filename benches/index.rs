@@ -100,9 +100,15 @@ fn sweep(index: &HammingIndex, hashes: &[[u64; 4]], queries: &[[u64; 4]]) {
         let got: Vec<_> = queries.iter().map(|q| index.query(q, r)).collect();
         let index_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let want: Vec<_> = queries.iter().map(|q| brute(black_box(hashes), q, r)).collect();
+        let want: Vec<_> = queries
+            .iter()
+            .map(|q| brute(black_box(hashes), q, r))
+            .collect();
         let brute_s = t.elapsed().as_secs_f64();
-        assert_eq!(got, want, "index and brute force disagree at N = {n}, r = {r}");
+        assert_eq!(
+            got, want,
+            "index and brute force disagree at N = {n}, r = {r}"
+        );
         let per = |s: f64| s * 1e3 / queries.len() as f64;
         println!(
             "  sweep N = {n}, r = {r:>2}: index {:>8.4} ms/q, brute {:>7.3} ms/q, speedup {:>6.1}x",
@@ -141,17 +147,29 @@ struct Faiss {
 fn faiss(dir: &Path, limit: usize) -> Option<Faiss> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = root.join(".venv/bin/python");
-    let python = if venv.exists() { venv } else { PathBuf::from("python3") };
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
     let out = std::process::Command::new(python)
         .arg(root.join("benches/support/faiss_bench.py"))
         .arg("--dir")
         .arg(dir)
-        .args(["--threshold", &THRESHOLD.to_string(), "--limit", &limit.to_string()])
+        .args([
+            "--threshold",
+            &THRESHOLD.to_string(),
+            "--limit",
+            &limit.to_string(),
+        ])
         .output()
         .map_err(|e| eprintln!("faiss baseline not run: {e}"))
         .ok()?;
     if !out.status.success() {
-        eprintln!("faiss baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "faiss baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -289,7 +307,10 @@ fn run(n: usize, tables: Option<usize>) -> Row {
     std::fs::create_dir_all(&dir).expect("create target/index-bench");
     write_hashes(&dir.join("hashes.bin"), &hashes);
     write_hashes(&dir.join("queries.bin"), &queries);
-    let counts: Vec<u8> = got.iter().flat_map(|v| (v.len() as u32).to_le_bytes()).collect();
+    let counts: Vec<u8> = got
+        .iter()
+        .flat_map(|v| (v.len() as u32).to_le_bytes())
+        .collect();
     std::fs::write(dir.join("counts.bin"), counts).expect("write counts");
     let quick = std::env::var_os("INDEX_BENCH_QUICK").is_some() || !full_run();
     let faiss = if quick { None } else { faiss(&dir, checked) };
@@ -332,7 +353,11 @@ fn main() {
         _ if !full_run() => vec![20_000],
         Ok(s) => s
             .split(',')
-            .map(|x| x.trim().parse().expect("INDEX_BENCH_SIZES: comma-separated counts"))
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .expect("INDEX_BENCH_SIZES: comma-separated counts")
+            })
             .collect(),
         Err(_) => {
             // 10M: hashes 0.3 GB, index 2.4 GB; then (index dropped) the bank: entries and index ≈ 3.4 GB
@@ -345,7 +370,9 @@ fn main() {
             }
         }
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "threshold {THRESHOLD}, Q = {Q} queries (half near-duplicates with 0..=40 flipped bits), {cores} cores"
     );

@@ -16,16 +16,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 
+use crate::alert::EndpointView;
 use crate::alert::{AlertsHandle, StoredEvent};
 use crate::bank::Banks;
-use crate::decide::{Actor, Incident};
-use crate::manager::StreamView;
-use crate::alert::EndpointView;
-use crate::Reloaded;
-use crate::hash::BackendInfo;
-use crate::manager::{Manager, StreamError, StreamRequest};
 use crate::blocking;
+use crate::decide::{Actor, Incident};
+use crate::hash::BackendInfo;
+use crate::manager::StreamView;
+use crate::manager::{Manager, StreamError, StreamRequest};
 use crate::metrics::metrics;
+use crate::Reloaded;
 
 /// Facts fixed at start, for `/v1/status`.
 #[derive(Debug, Serialize)]
@@ -67,7 +67,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/banks/reload", post(reload_banks))
         .route("/v1/reload", post(reload_all))
         .route("/v1/banks/{name}/items", post(add_bank_items))
-        .route("/v1/banks/{name}/items/{item}", axum::routing::delete(remove_bank_item))
+        .route(
+            "/v1/banks/{name}/items/{item}",
+            axum::routing::delete(remove_bank_item),
+        )
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/{id}", get(get_alert))
         .route("/v1/alerts/{id}/thumbnail", get(get_thumbnail))
@@ -86,9 +89,15 @@ pub fn router(state: ApiState) -> Router {
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
 }
 
@@ -112,10 +121,9 @@ async fn authenticate(State(s): State<ApiState>, req: Request, next: Next) -> Re
             .into_response();
     };
     // every token is compared, so the time taken says nothing about which one came close
-    let ok = s
-        .tokens
-        .iter()
-        .fold(0u8, |acc, t| acc | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
+    let ok = s.tokens.iter().fold(0u8, |acc, t| {
+        acc | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8()
+    });
     if ok == 1 {
         next.run(req).await
     } else {
@@ -157,10 +165,12 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        doc.components.get_or_insert_with(Default::default).add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
     }
 }
 
@@ -326,7 +336,10 @@ async fn list_banks(State(s): State<ApiState>) -> impl IntoResponse {
 async fn reload_banks(State(s): State<ApiState>) -> Response {
     match s.reload.reload(true).await {
         Ok(r) => Json(r).into_response(),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#} (nothing changed)")),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("{e:#} (nothing changed)"),
+        ),
     }
 }
 
@@ -336,7 +349,10 @@ async fn reload_banks(State(s): State<ApiState>) -> Response {
 async fn reload_all(State(s): State<ApiState>) -> Response {
     match s.reload.reload(false).await {
         Ok(r) => Json(r).into_response(),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#} (nothing changed)")),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("{e:#} (nothing changed)"),
+        ),
     }
 }
 
@@ -348,20 +364,32 @@ async fn reload_all(State(s): State<ApiState>) -> Response {
     responses((status = 200, description = "items added, persisted and matched from now on", body = serde_json::Value),
         (status = 400, description = "malformed request", body = ErrorBody), (status = 404, description = "no such resource", body = ErrorBody),
         (status = 422, description = "a bad line (named); nothing added", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
-async fn add_bank_items(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn add_bank_items(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     let Ok(text) = std::str::from_utf8(&body) else {
-        return error(StatusCode::BAD_REQUEST, "body must be UTF-8 text: one PDQ hex per line, optionally ,item_id,label");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be UTF-8 text: one PDQ hex per line, optionally ,item_id,label",
+        );
     };
     match s.reload.add_items(&name, text).await {
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no bank named {name:?}")),
         Ok(Some((0, _))) => error(StatusCode::BAD_REQUEST, "no PDQ lines in the body"),
-        Ok(Some((n, version))) => Json(json!({ "added": n, "bank_version": version })).into_response(),
+        Ok(Some((n, version))) => {
+            Json(json!({ "added": n, "bank_version": version })).into_response()
+        }
         Err(e) => match e.downcast_ref::<crate::bank::BankError>() {
-            Some(crate::bank::BankError::Line { .. }) => {
-                error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e} (nothing added)"))
-            }
+            Some(crate::bank::BankError::Line { .. }) => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("{e} (nothing added)"),
+            ),
             Some(_) => internal(e),
-            None if e.to_string().contains("holds videos") => error(StatusCode::CONFLICT, &e.to_string()),
+            None if e.to_string().contains("holds videos") => {
+                error(StatusCode::CONFLICT, &e.to_string())
+            }
             None => internal(e),
         },
     }
@@ -376,8 +404,13 @@ async fn remove_bank_item(
     Path((name, item)): Path<(String, String)>,
 ) -> Response {
     match s.reload.remove_item(&name, &item).await {
-        Ok(Some((n, version))) => Json(json!({ "removed_hashes": n, "bank_version": version })).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no bank {name:?} with an item {item:?}")),
+        Ok(Some((n, version))) => {
+            Json(json!({ "removed_hashes": n, "bank_version": version })).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no bank {name:?} with an item {item:?}"),
+        ),
         Err(e) => internal(e),
     }
 }
@@ -388,7 +421,6 @@ async fn remove_bank_item(
 async fn openapi() -> impl IntoResponse {
     Json(openapi_document())
 }
-
 
 fn internal(e: anyhow::Error) -> Response {
     tracing::error!("API: {e:#}");
@@ -405,7 +437,10 @@ struct AlertQuery {
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("bearer" = [])),
     params(("stream" = Option<String>, Query, description = "only this stream's"), ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
     responses((status = 200, description = "incidents, newest first", body = AlertList), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
-async fn list_alerts(State(s): State<ApiState>, q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn list_alerts(
+    State(s): State<ApiState>,
+    q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = q else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -506,7 +541,9 @@ fn actor(body: &Bytes) -> Result<Actor, Response> {
         serde_json::from_slice(body).map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
-                &format!("body must be JSON {{\"by\": string, \"note\": string}} (both optional): {e}"),
+                &format!(
+                    "body must be JSON {{\"by\": string, \"note\": string}} (both optional): {e}"
+                ),
             )
         })?
     };
@@ -549,7 +586,10 @@ fn incident_change(
     match r {
         Ok(Ok(incident)) => Json(incident).into_response(),
         Ok(Err(e)) => match s.alerts.store.incident(id) {
-            Ok(Some(_)) => error(StatusCode::CONFLICT, &format!("{e} (it is already resolved)")),
+            Ok(Some(_)) => error(
+                StatusCode::CONFLICT,
+                &format!("{e} (it is already resolved)"),
+            ),
             _ => error(StatusCode::NOT_FOUND, &format!("no alert with id {id:?}")),
         },
         Err(e) => internal(e),
@@ -559,7 +599,12 @@ fn incident_change(
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
     responses((status = 200, description = "every endpoint's queue and state", body = serde_json::Value), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn list_webhooks(State(s): State<ApiState>) -> impl IntoResponse {
-    let list: Vec<_> = s.alerts.endpoints.iter().map(|e| e.view.lock().clone()).collect();
+    let list: Vec<_> = s
+        .alerts
+        .endpoints
+        .iter()
+        .map(|e| e.view.lock().clone())
+        .collect();
     Json(json!({ "webhooks": list }))
 }
 
@@ -578,8 +623,16 @@ async fn enable_webhook(State(s): State<ApiState>, Path(name): Path<String>) -> 
         Err(r) => return r,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if ep.tx.send(crate::alert::deliver::Control::Enable(tx)).is_err() || rx.await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the delivery worker has stopped");
+    if ep
+        .tx
+        .send(crate::alert::deliver::Control::Enable(tx))
+        .is_err()
+        || rx.await.is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the delivery worker has stopped",
+        );
     }
     Json(ep.view.lock().clone()).into_response()
 }
@@ -639,12 +692,18 @@ async fn redeliver(s: &ApiState, name: &str, event_id: Option<&str>) -> Response
         .send(crate::alert::deliver::Control::Redeliver { seq, reply })
         .is_err()
     {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the delivery worker has stopped");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the delivery worker has stopped",
+        );
     }
     match rx.await {
         Ok(Ok(n)) => Json(json!({ "requeued": n })).into_response(),
         Ok(Err(e)) => internal(e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the delivery worker has stopped"),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the delivery worker has stopped",
+        ),
     }
 }
 

@@ -154,13 +154,19 @@ impl Bank {
             text.push_str(&added);
         }
         // items removed through the API: one id per line beside the added ones
-        if let Some(removed) = extra.map(|p| p.with_extension("removed")).filter(|p| p.exists()) {
+        if let Some(removed) = extra
+            .map(|p| p.with_extension("removed"))
+            .filter(|p| p.exists())
+        {
             let ids = std::fs::read_to_string(&removed).map_err(|cause| BankError::Io {
                 path: removed.clone(),
                 cause,
             })?;
-            let ids: std::collections::HashSet<&str> =
-                ids.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let ids: std::collections::HashSet<&str> = ids
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             let keep: Vec<bool> = entries.iter().map(|e| !ids.contains(&*e.item)).collect();
             let mut k = keep.iter();
             entries.retain(|_| *k.next().expect("one flag per entry"));
@@ -396,13 +402,13 @@ impl Bank {
     /// The closest entry within the bank's threshold, if any.
     pub fn best_match(&self, hash: &Hash256) -> Option<Match> {
         // the first of the closest, in load order (the index answers in entry order)
-        let best = self
-            .within(&hash.limbs())
-            .into_iter()
-            .fold(None::<(&BankEntry, u32)>, |best, (e, _, d)| match best {
+        let best = self.within(&hash.limbs()).into_iter().fold(
+            None::<(&BankEntry, u32)>,
+            |best, (e, _, d)| match best {
                 Some((_, bd)) if bd <= d => best,
                 _ => Some((e, d)),
-            });
+            },
+        );
         best.map(|(e, distance)| Match {
             bank: self.name.clone(),
             bank_version: self.version.clone(),
@@ -427,7 +433,9 @@ pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
         banks: config
             .banks
             .iter()
-            .map(|spec| Bank::load_with(spec, Some(&added_items_path(&config.state_dir, &spec.name))))
+            .map(|spec| {
+                Bank::load_with(spec, Some(&added_items_path(&config.state_dir, &spec.name)))
+            })
             .collect::<Result<_, _>>()?,
     };
     export_sizes(&banks);
@@ -442,14 +450,22 @@ pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
 pub fn export_sizes(banks: &Banks) {
     let m = crate::metrics::metrics();
     for b in &banks.banks {
-        m.bank_hashes.with_label_values(&[&b.name]).set(b.len() as i64);
-        m.bank_bytes.with_label_values(&[&b.name]).set(b.bytes() as i64);
+        m.bank_hashes
+            .with_label_values(&[&b.name])
+            .set(b.len() as i64);
+        m.bank_bytes
+            .with_label_values(&[&b.name])
+            .set(b.bytes() as i64);
     }
 }
 
 /// Appends items (PDQ lines, validated first: all or nothing) to a bank's API-added file,
 /// synced to disk, and returns them.
-pub fn append_items(state_dir: &Path, bank: &str, lines: &str) -> Result<Vec<BankEntry>, BankError> {
+pub fn append_items(
+    state_dir: &Path,
+    bank: &str,
+    lines: &str,
+) -> Result<Vec<BankEntry>, BankError> {
     let entries = parse_pdq_lines(lines, Path::new("request"))?;
     if !entries.is_empty() {
         append_synced(&added_items_path(state_dir, bank), lines.trim_end())?;
@@ -475,7 +491,14 @@ fn append_synced(path: &Path, text: &str) -> Result<(), BankError> {
 }
 
 /// Column names read from CSV exports, first found wins (compared case-insensitively).
-const CSV_HASH: &[&str] = &["signal", "signal_value", "indicator", "hash", "pdq", "pdq_hash"];
+const CSV_HASH: &[&str] = &[
+    "signal",
+    "signal_value",
+    "indicator",
+    "hash",
+    "pdq",
+    "pdq_hash",
+];
 const CSV_ID: &[&str] = &["id", "signal_id", "indicator_id", "content_id", "item_id"];
 const CSV_LABEL: &[&str] = &["label", "tags", "description"];
 const CSV_TYPE: &[&str] = &["signal_type", "indicator_type", "type"];
@@ -498,16 +521,17 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<BankEntry>, BankError> {
         .map_err(|e| line_err(1, format!("not a CSV header: {e}")))?
         .clone();
     let find = |names: &[&str]| {
-        names.iter().find_map(|n| {
-            headers
-                .iter()
-                .position(|h| h.eq_ignore_ascii_case(n))
-        })
+        names
+            .iter()
+            .find_map(|n| headers.iter().position(|h| h.eq_ignore_ascii_case(n)))
     };
     let hash_col = find(CSV_HASH).ok_or_else(|| {
         line_err(
             1,
-            format!("no hash column: the header needs one of {}", CSV_HASH.join(", ")),
+            format!(
+                "no hash column: the header needs one of {}",
+                CSV_HASH.join(", ")
+            ),
         )
     })?;
     let (id_col, label_col, type_col) = (find(CSV_ID), find(CSV_LABEL), find(CSV_TYPE));
@@ -546,7 +570,10 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<BankEntry>, BankError> {
 /// its id the file name without extension. Frames below `min_quality` are left out, as they
 /// are on live streams. Returns the entries, their frame numbers, and all text (for the
 /// bank's version).
-fn load_vpdq(path: &Path, min_quality: u8) -> Result<(Vec<BankEntry>, VideoInfo, String), BankError> {
+fn load_vpdq(
+    path: &Path,
+    min_quality: u8,
+) -> Result<(Vec<BankEntry>, VideoInfo, String), BankError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |cause| BankError::Io { path: p, cause }
@@ -624,7 +651,10 @@ fn load_vpdq(path: &Path, min_quality: u8) -> Result<(Vec<BankEntry>, VideoInfo,
 
 /// Records that an item is removed from a bank (all its hashes), synced; the caller reloads.
 pub fn remove_item(state_dir: &Path, bank: &str, item: &str) -> Result<(), BankError> {
-    append_synced(&added_items_path(state_dir, bank).with_extension("removed"), item)
+    append_synced(
+        &added_items_path(state_dir, bank).with_extension("removed"),
+        item,
+    )
 }
 
 impl Bank {
@@ -633,7 +663,11 @@ impl Bank {
         if self.removed.contains(item) {
             return 0;
         }
-        self.base.entries.iter().filter(|e| &*e.item == item).count()
+        self.base
+            .entries
+            .iter()
+            .filter(|e| &*e.item == item)
+            .count()
             + self.delta.iter().filter(|e| &*e.item == item).count()
     }
 }
@@ -818,7 +852,10 @@ mod tests {
         assert_eq!(e[0].label.as_deref(), Some("a,b"));
         assert_eq!(&*e[1].item, "line:4");
         let err = parse_csv("id,tags\n1,x\n", Path::new("x.csv")).unwrap_err();
-        assert!(err.to_string().starts_with("x.csv:1: no hash column"), "{err}");
+        assert!(
+            err.to_string().starts_with("x.csv:1: no hash column"),
+            "{err}"
+        );
         let err = parse_csv(&format!("hash,id\n{A},1\nnope,2\n"), Path::new("x.csv")).unwrap_err();
         assert!(err.to_string().starts_with("x.csv:3:"), "{err}");
     }
@@ -828,18 +865,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let videos = dir.path().join("v");
         std::fs::create_dir(&videos).unwrap();
-        std::fs::write(videos.join("clip-a.txt"), format!("0,90,{A},0.000\n1,10,{A},0.033\n")).unwrap();
+        std::fs::write(
+            videos.join("clip-a.txt"),
+            format!("0,90,{A},0.000\n1,10,{A},0.033\n"),
+        )
+        .unwrap();
         std::fs::write(videos.join("clip-b.txt"), format!("0,90,{A},0.000\n")).unwrap();
         let bank = Bank::load(&spec(dir.path(), "v", BankFormat::Vpdq, false)).unwrap();
         assert!(bank.is_video());
         // the low-quality frame is left out, as on live streams
         assert_eq!(bank.len(), 2);
         let hits = bank.video_hits(&A.parse().unwrap());
-        let items: Vec<_> = hits.iter().map(|h| (&*h.item, h.item_frames, h.frames.clone())).collect();
+        let items: Vec<_> = hits
+            .iter()
+            .map(|h| (&*h.item, h.item_frames, h.frames.clone()))
+            .collect();
         assert_eq!(items, [("clip-a", 1, vec![0]), ("clip-b", 1, vec![0])]);
         std::fs::write(videos.join("clip-c.txt"), format!("0,90,{A}\n")).unwrap();
         let err = Bank::load(&spec(dir.path(), "v", BankFormat::Vpdq, false)).unwrap_err();
-        assert!(err.to_string().contains("clip-c.txt:1: a vPDQ line is"), "{err}");
+        assert!(
+            err.to_string().contains("clip-c.txt:1: a vPDQ line is"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -877,14 +924,23 @@ mod tests {
             for w in h.words.iter_mut() {
                 *w = next() as u16;
             }
-            entries.push(BankEntry { hash: h, item: format!("i{i}").into(), label: None });
+            entries.push(BankEntry {
+                hash: h,
+                item: format!("i{i}").into(),
+                label: None,
+            });
         }
         let bank = Bank::from_entries("big", PathBuf::from("b"), 31, entries.clone(), "x");
         assert!(bank.base.index.is_some());
         let brute = |entries: &[BankEntry], q: &Hash256| {
             entries
                 .iter()
-                .map(|e| (crate::index::distance(&e.hash.limbs(), &q.limbs()), e.item.clone()))
+                .map(|e| {
+                    (
+                        crate::index::distance(&e.hash.limbs(), &q.limbs()),
+                        e.item.clone(),
+                    )
+                })
                 .filter(|(d, _)| *d <= 31)
                 .min_by_key(|(d, _)| *d)
         };
@@ -893,17 +949,30 @@ mod tests {
             for b in 0..k {
                 q.words[b % 16] ^= 1 << (b / 16);
             }
-            let got = bank.best_match(&q).map(|m| (m.distance, m.entry.item.clone()));
-            assert_eq!(got.map(|g| g.0), brute(&entries, &q).map(|b| b.0), "{k} flipped bits");
+            let got = bank
+                .best_match(&q)
+                .map(|m| (m.distance, m.entry.item.clone()));
+            assert_eq!(
+                got.map(|g| g.0),
+                brute(&entries, &q).map(|b| b.0),
+                "{k} flipped bits"
+            );
         }
         // an added hash is matched by the next version; the original is untouched
         let mut fresh = Hash256::default();
         fresh.words[0] = 0xbeef;
         let added = bank.with_added(
-            vec![BankEntry { hash: fresh, item: "new".into(), label: None }],
+            vec![BankEntry {
+                hash: fresh,
+                item: "new".into(),
+                label: None,
+            }],
             "new",
         );
-        assert!(Arc::ptr_eq(&added.base, &bank.base), "the index is shared, not rebuilt");
+        assert!(
+            Arc::ptr_eq(&added.base, &bank.base),
+            "the index is shared, not rebuilt"
+        );
         assert_eq!(added.len(), 6001);
         assert_ne!(added.version, bank.version);
         assert_eq!(&*added.best_match(&fresh).unwrap().entry.item, "new");
@@ -912,7 +981,9 @@ mod tests {
         assert_eq!(&*added.best_match(&target).unwrap().entry.item, "i10");
         let removed = added.with_removed("i10");
         assert_eq!(removed.len(), 6000);
-        assert!(removed.best_match(&target).is_none_or(|m| &*m.entry.item != "i10"));
+        assert!(removed
+            .best_match(&target)
+            .is_none_or(|m| &*m.entry.item != "i10"));
         assert_eq!(removed.item_entries("i10"), 0);
     }
 }

@@ -186,7 +186,9 @@ impl Default for ServerConfig {
 }
 
 fn default_auth_exempt() -> Vec<String> {
-    ["/metrics", "/healthz", "/readyz"].map(String::from).to_vec()
+    ["/metrics", "/healthz", "/readyz"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Where a secret file named in the config lives: absolute as given; relative, in systemd's
@@ -894,7 +896,11 @@ impl RawConfig {
                     format!(
                         "bank file {} does not exist or is not a file{}",
                         path.display(),
-                        if b.format == BankFormat::Vpdq { " or folder" } else { "" }
+                        if b.format == BankFormat::Vpdq {
+                            " or folder"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -903,10 +909,10 @@ impl RawConfig {
                 min_percent: b.min_percent.unwrap_or(self.matching.video_min_percent),
                 min_frames: b.min_frames.unwrap_or(self.matching.video_min_frames),
             };
-            let window_ok = (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&video.window);
+            let window_ok =
+                (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&video.window);
             let percent_ok = video.min_percent > 0.0 && video.min_percent <= 100.0;
-            if !window_ok || !percent_ok || video.min_frames == 0
-            {
+            if !window_ok || !percent_ok || video.min_frames == 0 {
                 return Err(err(
                     Some(b.name.span()),
                     format!("banks[{i}]"),
@@ -983,21 +989,19 @@ impl RawConfig {
                     )
                 })?;
             let mut secrets = Vec::new();
-            for (f, s) in w
-                .secret
-                .iter()
-                .map(|s| ("secret".to_string(), s))
-                .chain(w.secrets.iter().enumerate().map(|(k, s)| (format!("secrets[{k}]"), s)))
-            {
-                valid_secret(s.get_ref())
-                    .then_some(())
-                    .ok_or_else(|| {
-                        err(
-                            Some(s.span()),
-                            field(&f),
-                            "must be \"whsec_\" followed by base64".into(),
-                        )
-                    })?;
+            for (f, s) in w.secret.iter().map(|s| ("secret".to_string(), s)).chain(
+                w.secrets
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| (format!("secrets[{k}]"), s)),
+            ) {
+                valid_secret(s.get_ref()).then_some(()).ok_or_else(|| {
+                    err(
+                        Some(s.span()),
+                        field(&f),
+                        "must be \"whsec_\" followed by base64".into(),
+                    )
+                })?;
                 secrets.push(s.get_ref().clone());
             }
             if let Some(f) = &w.secret_file {
@@ -1014,7 +1018,10 @@ impl RawConfig {
                         return Err(err(
                             Some(f.span()),
                             field("secret_file"),
-                            format!("{}: every line must be \"whsec_\" followed by base64", path.display()),
+                            format!(
+                                "{}: every line must be \"whsec_\" followed by base64",
+                                path.display()
+                            ),
                         ));
                     }
                     secrets.push(line.to_string());
@@ -1029,7 +1036,11 @@ impl RawConfig {
             }
             positive(w.timeout_secs, &field("timeout_secs"))?;
             let schedule = w.retry_schedule_secs.get_ref();
-            if schedule.len() > 20 || schedule.iter().any(|d| !(d.is_finite() && *d >= 0.0 && *d <= 86400.0)) {
+            if schedule.len() > 20
+                || schedule
+                    .iter()
+                    .any(|d| !(d.is_finite() && *d >= 0.0 && *d <= 86400.0))
+            {
                 return Err(err(
                     Some(w.retry_schedule_secs.span()),
                     field("retry_schedule_secs"),
@@ -1104,10 +1115,16 @@ impl RawConfig {
         }
 
         for (v, f) in [
-            (self.alerts.update_interval_secs, "alerts.update_interval_secs"),
+            (
+                self.alerts.update_interval_secs,
+                "alerts.update_interval_secs",
+            ),
             (self.alerts.resolve_after_secs, "alerts.resolve_after_secs"),
             (self.alerts.history_days * 86400.0, "alerts.history_days"),
-            (self.evidence.retention_hours * 3600.0, "evidence.retention_hours"),
+            (
+                self.evidence.retention_hours * 3600.0,
+                "evidence.retention_hours",
+            ),
         ] {
             positive(v, f)?;
         }
@@ -1122,15 +1139,17 @@ impl RawConfig {
             Some(d) => base.join(d.get_ref()),
             None => match std::env::var_os("STATE_DIRECTORY") {
                 // systemd may list several, separated by ':'; the first is ours
-                Some(v) => PathBuf::from(
-                    v.to_string_lossy().split(':').next().unwrap_or_default(),
-                ),
+                Some(v) => PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or_default()),
                 None => PathBuf::from("/var/lib/livewatch"),
             },
         };
 
-        let mut api_tokens: Vec<String> =
-            self.server.api_tokens.iter().map(|t| t.get_ref().clone()).collect();
+        let mut api_tokens: Vec<String> = self
+            .server
+            .api_tokens
+            .iter()
+            .map(|t| t.get_ref().clone())
+            .collect();
         if let Some(f) = &self.server.api_token_file {
             let path = secret_path(base, f.get_ref());
             let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -1140,13 +1159,21 @@ impl RawConfig {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            api_tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+            api_tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
         }
         if let Some(t) = api_tokens.iter().find(|t| t.len() < 16) {
             return Err(err(
                 self.server.api_tokens.first().map(|t| t.span()),
                 "server.api_tokens".into(),
-                format!("tokens must have at least 16 characters (one has {})", t.len()),
+                format!(
+                    "tokens must have at least 16 characters (one has {})",
+                    t.len()
+                ),
             ));
         }
         if api_tokens.is_empty() && !listen.ip().is_loopback() {
@@ -1157,7 +1184,11 @@ impl RawConfig {
             ));
         }
         let max_streams = match self.server.max_streams {
-            0 => 16 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => {
+                16 * std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            }
             n => n,
         };
 
@@ -1310,8 +1341,10 @@ mod tests {
 
     #[test]
     fn range_errors_name_the_line_of_their_key() {
-        let e = check("[server]\nlisten = \"127.0.0.1:9\"\n\n[alerts]\n# quiet\nupdate_interval_secs = -1\n")
-            .unwrap_err();
+        let e = check(
+            "[server]\nlisten = \"127.0.0.1:9\"\n\n[alerts]\n# quiet\nupdate_interval_secs = -1\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "alerts.update_interval_secs");
         assert_eq!(e.line, Some(6), "{e}");
     }

@@ -65,7 +65,19 @@ impl Reason {
 }
 
 /// How serious a finding is; banks and models say which.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Low,
@@ -86,7 +98,19 @@ impl Severity {
 }
 
 /// What the appliance recommends the platform does; ordered from mildest to strongest.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Record it; no human needed yet.
@@ -477,12 +501,14 @@ impl Decider {
             at: rfc3339(arrived),
             pts_seconds: d.pts_us.map(|p| p as f64 / 1e6),
         };
-        let want_thumb = |inc: &Incident, t: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>| {
-            match (&d.frame, inc.thumbnail.is_none() && found.store_evidence) {
+        let want_thumb =
+            |inc: &Incident, t: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>| match (
+                &d.frame,
+                inc.thumbnail.is_none() && found.store_evidence,
+            ) {
                 (Some(f), true) => t(&inc.incident_id, f),
                 _ => None,
-            }
-        };
+            };
 
         if let Some(open) = self.open.get_mut(&key) {
             let inc = &mut open.incident;
@@ -625,8 +651,7 @@ impl Decider {
         let mut open = self.open.remove(key).expect("open incident");
         open.incident.status = Status::Resolved;
         open.incident.resolved = Some(by);
-        self.cooling
-            .insert(key.clone(), now + self.policy.cooldown);
+        self.cooling.insert(key.clone(), now + self.policy.cooldown);
         self.cooling.retain(|_, until| *until > now);
         finish(&mut open, EventKind::Resolved, now)
     }
@@ -741,8 +766,10 @@ mod tests {
         let updates = kinds.iter().filter(|k| **k == EventKind::Updated).count();
         // evidence every second for 60 s, at most one update per 10 s
         assert_eq!(updates, 6, "{kinds:?}");
-        let ids: std::collections::HashSet<_> =
-            events.iter().map(|e| e.incident.incident_id.clone()).collect();
+        let ids: std::collections::HashSet<_> = events
+            .iter()
+            .map(|e| e.incident.incident_id.clone())
+            .collect();
         assert_eq!(ids.len(), 1, "one incident");
         let last = &events.last().unwrap().incident;
         assert_eq!(last.evidence_count, 60);
@@ -766,7 +793,9 @@ mod tests {
             at: String::new(),
             note: None,
         };
-        let r = d.resolve(&id, by.clone(), t0 + Duration::from_secs(2)).unwrap();
+        let r = d
+            .resolve(&id, by.clone(), t0 + Duration::from_secs(2))
+            .unwrap();
         assert_eq!(r.kind, EventKind::Resolved);
         assert_eq!(
             d.resolve(&id, by, t0 + Duration::from_secs(3)).err(),
@@ -858,36 +887,71 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         // 4 matching frames: too few (5 needed)
         for s in 0..4 {
-            assert!(d.detect(&frame("cam", vec![hit("clip", vec![s as u32])], at(s)), at(s), &mut no_thumb).is_empty());
+            assert!(d
+                .detect(
+                    &frame("cam", vec![hit("clip", vec![s as u32])], at(s)),
+                    at(s),
+                    &mut no_thumb
+                )
+                .is_empty());
         }
         // the 5th fires: 5 of 5 frames in the window
-        let out = d.detect(&frame("cam", vec![hit("clip", vec![4])], at(4)), at(4), &mut no_thumb);
+        let out = d.detect(
+            &frame("cam", vec![hit("clip", vec![4])], at(4)),
+            at(4),
+            &mut no_thumb,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].incident.reason, Reason::VideoMatch);
         match &out[0].incident.evidence {
-            Evidence::VideoMatch { matching_frames, frames_in_window, item_frames_matched, coverage_percent, .. } => {
-                assert_eq!((*matching_frames, *frames_in_window, *item_frames_matched), (5, 5, 5));
+            Evidence::VideoMatch {
+                matching_frames,
+                frames_in_window,
+                item_frames_matched,
+                coverage_percent,
+                ..
+            } => {
+                assert_eq!(
+                    (*matching_frames, *frames_in_window, *item_frames_matched),
+                    (5, 5, 5)
+                );
                 assert_eq!(*coverage_percent, 25.0);
             }
             e => panic!("{e:?}"),
         }
         // another stream: 5 matching frames among 5 unmatched ones is 50 %: nothing
         for s in 0..10 {
-            let hits = if s % 2 == 0 { vec![hit("clip", vec![s as u32])] } else { vec![] };
-            assert!(d.detect(&frame("other", hits, at(s)), at(s), &mut no_thumb).is_empty(), "{s}");
+            let hits = if s % 2 == 0 {
+                vec![hit("clip", vec![s as u32])]
+            } else {
+                vec![]
+            };
+            assert!(
+                d.detect(&frame("other", hits, at(s)), at(s), &mut no_thumb)
+                    .is_empty(),
+                "{s}"
+            );
         }
         // frames leave the window: after 10 quiet-but-unmatched seconds the share drops
         let mut d = Decider::new(policy());
         d.set_max_window(Duration::from_secs(10));
         for s in 0..6 {
-            d.detect(&frame("c", vec![hit("clip", vec![1])], at(s)), at(s), &mut no_thumb);
+            d.detect(
+                &frame("c", vec![hit("clip", vec![1])], at(s)),
+                at(s),
+                &mut no_thumb,
+            );
         }
         for s in 6..30 {
             d.detect(&frame("c", vec![], at(s)), at(s), &mut no_thumb);
         }
         // one matching frame among ten unmatched: the rule does not hold, no evidence added
         assert!(d
-            .detect(&frame("c", vec![hit("clip", vec![2])], at(30)), at(30), &mut no_thumb)
+            .detect(
+                &frame("c", vec![hit("clip", vec![2])], at(30)),
+                at(30),
+                &mut no_thumb
+            )
             .is_empty());
     }
 

@@ -139,7 +139,11 @@ fn huge_vec<T: Clone>(n: usize, fill: T) -> Vec<T> {
 #[cfg(target_os = "linux")]
 fn advise_huge(addr: usize, len: usize) {
     extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::ffi::c_int) -> std::ffi::c_int;
+        fn madvise(
+            addr: *mut std::ffi::c_void,
+            len: usize,
+            advice: std::ffi::c_int,
+        ) -> std::ffi::c_int;
     }
     const MADV_HUGEPAGE: std::ffi::c_int = 14;
     const HUGE: usize = 2 << 20;
@@ -458,7 +462,13 @@ impl HammingIndex {
         // 2. the pipeline: offsets AHEAD_OFFSETS ahead, buckets AHEAD_BUCKETS ahead
         let n = probes.len();
         let mut ranges: Vec<(u32, u32)> = vec![(0, 0); n];
-        let split = |p: u64| ((p >> 40) as usize, ((p >> 32) & 0xff) as u32, (p & 0xffff_ffff) as usize);
+        let split = |p: u64| {
+            (
+                (p >> 40) as usize,
+                ((p >> 32) & 0xff) as u32,
+                (p & 0xffff_ffff) as usize,
+            )
+        };
         let mut out = Vec::new();
         let lag = AHEAD_OFFSETS - AHEAD_BUCKETS;
         for i in 0..n + AHEAD_OFFSETS {
@@ -613,7 +623,10 @@ mod tests {
     /// few thousand hashes) and the long-substring one large banks get (12 tables of 21–22
     /// bits; 11 tables would allocate 448 MB of offsets in every test).
     fn layouts(hashes: &[[u64; 4]]) -> Vec<HammingIndex> {
-        vec![HammingIndex::new(hashes), HammingIndex::with_tables(hashes, 12)]
+        vec![
+            HammingIndex::new(hashes),
+            HammingIndex::with_tables(hashes, 12),
+        ]
     }
 
     /// Every strategy agrees with brute force for every threshold.
@@ -726,7 +739,12 @@ mod tests {
 
     #[test]
     fn bits_wrap_around() {
-        let h = [0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0x1111_2222_3333_4444, 0x5555_6666_7777_8888];
+        let h = [
+            0x0123_4567_89AB_CDEF,
+            0xFEDC_BA98_7654_3210,
+            0x1111_2222_3333_4444,
+            0x5555_6666_7777_8888,
+        ];
         assert_eq!(bits64(&h, 0), h[0]);
         assert_eq!(bits64(&h, 64), h[1]);
         assert_eq!(bits64(&h, 4) & 0xFFFF, 0xBCDE);
@@ -823,7 +841,11 @@ mod tests {
                 let radii = index.radii(r);
                 assert!(radii[m..].iter().all(|&x| x == -1));
                 let s: i32 = radii[..m].iter().map(|&x| x + 1).sum();
-                if radii[..m].iter().zip(&index.tables).all(|(&x, t)| x < t.width as i32) {
+                if radii[..m]
+                    .iter()
+                    .zip(&index.tables)
+                    .all(|(&x, t)| x < t.width as i32)
+                {
                     assert_eq!(s, r as i32 + 1, "m = {m}, r = {r}");
                 }
             }

@@ -158,7 +158,16 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             std::thread::Builder::new()
                 .name(format!("lw-hash-{i}"))
                 .spawn(move || {
-                    hash_thread(engine, batch, &frames, &banks, &registry, min_quality, &tx, &beat)
+                    hash_thread(
+                        engine,
+                        batch,
+                        &frames,
+                        &banks,
+                        &registry,
+                        min_quality,
+                        &tx,
+                        &beat,
+                    )
                 })
                 .context("spawn hash thread")
         })
@@ -239,11 +248,7 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         warn!("shutdown: decoder or hash threads did not finish in time");
     }
     // the decision stage commits what the hash threads found, then deliveries get a last chance
-    let _ = tokio::time::timeout(
-        alert::DRAIN + Duration::from_secs(5),
-        alerts.shutdown(),
-    )
-    .await;
+    let _ = tokio::time::timeout(alert::DRAIN + Duration::from_secs(5), alerts.shutdown()).await;
     let _ = server.await;
     watchdog.abort();
     hup.abort();
@@ -288,7 +293,11 @@ impl Reloader {
             Ok((config, banks))
         })
         .await??;
-        let names = banks.banks.iter().map(|b| format!("{} {}", b.name, b.version)).collect();
+        let names = banks
+            .banks
+            .iter()
+            .map(|b| format!("{} {}", b.name, b.version))
+            .collect();
         self.banks.store(Arc::new(banks));
         let (started, stopped, restarted) = if banks_only {
             (0, 0, 0)
@@ -308,7 +317,11 @@ impl Reloader {
     /// Adds items to an image bank: written (synced) to the state directory, then a new
     /// version of the bank, sharing the loaded part and its index, is swapped in — matched
     /// from the next frame on, whatever the bank's size. `Ok(None)`: no such bank.
-    pub async fn add_items(&self, bank: &str, lines: &str) -> anyhow::Result<Option<(usize, String)>> {
+    pub async fn add_items(
+        &self,
+        bank: &str,
+        lines: &str,
+    ) -> anyhow::Result<Option<(usize, String)>> {
         let _one_at_a_time = self.lock.lock().await;
         let current = self.banks.load_full();
         let Some(b) = current.banks.iter().find(|b| *b.name == *bank) else {
@@ -325,10 +338,21 @@ impl Reloader {
             banks: current
                 .banks
                 .iter()
-                .map(|x| if *x.name == *bank { x.with_added(added.clone(), lines) } else { x.clone() })
+                .map(|x| {
+                    if *x.name == *bank {
+                        x.with_added(added.clone(), lines)
+                    } else {
+                        x.clone()
+                    }
+                })
                 .collect(),
         };
-        let version = next.banks.iter().find(|b| *b.name == *bank).map(|b| b.version.clone()).unwrap_or_default();
+        let version = next
+            .banks
+            .iter()
+            .find(|b| *b.name == *bank)
+            .map(|b| b.version.clone())
+            .unwrap_or_default();
         bank::export_sizes(&next);
         self.banks.store(Arc::new(next));
         info!(bank, added = n, version = %version, "bank items added");
@@ -337,7 +361,11 @@ impl Reloader {
 
     /// Removes every hash of an item from a bank (recorded in the state directory).
     /// `Ok(None)`: no such bank or item.
-    pub async fn remove_item(&self, bank: &str, item: &str) -> anyhow::Result<Option<(usize, String)>> {
+    pub async fn remove_item(
+        &self,
+        bank: &str,
+        item: &str,
+    ) -> anyhow::Result<Option<(usize, String)>> {
         let _one_at_a_time = self.lock.lock().await;
         let current = self.banks.load_full();
         let Some(b) = current.banks.iter().find(|b| *b.name == *bank) else {
@@ -353,10 +381,21 @@ impl Reloader {
             banks: current
                 .banks
                 .iter()
-                .map(|x| if *x.name == *bank { x.with_removed(item) } else { x.clone() })
+                .map(|x| {
+                    if *x.name == *bank {
+                        x.with_removed(item)
+                    } else {
+                        x.clone()
+                    }
+                })
                 .collect(),
         };
-        let version = next.banks.iter().find(|b| *b.name == *bank).map(|b| b.version.clone()).unwrap_or_default();
+        let version = next
+            .banks
+            .iter()
+            .find(|b| *b.name == *bank)
+            .map(|b| b.version.clone())
+            .unwrap_or_default();
         bank::export_sizes(&next);
         self.banks.store(Arc::new(next));
         info!(bank, item, hashes = n, version = %version, "bank item removed");
@@ -424,12 +463,14 @@ fn hash_thread(
             .collect();
         let banks = banks.load();
         let dihedral = banks.wants_dihedral();
-        let hashes = engine.hash_frames_with(&lumas, dihedral).unwrap_or_else(|e| {
-            // a GPU fault must not lose frames: hash this batch on the CPU
-            m.hash_errors.inc();
-            warn!("GPU hashing failed, this batch is hashed on the CPU: {e:#}");
-            hash::hash_frames_cpu_with(&mut fallback, &lumas, dihedral)
-        });
+        let hashes = engine
+            .hash_frames_with(&lumas, dihedral)
+            .unwrap_or_else(|e| {
+                // a GPU fault must not lose frames: hash this batch on the CPU
+                m.hash_errors.inc();
+                warn!("GPU hashing failed, this batch is hashed on the CPU: {e:#}");
+                hash::hash_frames_cpu_with(&mut fallback, &lumas, dihedral)
+            });
         let per_frame = t.elapsed().as_secs_f64() / batch.len() as f64;
         let with_video = banks.has_video();
         for (f, h) in batch.into_iter().zip(hashes) {

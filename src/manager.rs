@@ -25,8 +25,8 @@ use tracing::{info, warn};
 
 use crate::alert::AlertsHandle;
 use crate::config::{Sampling, SamplingMode, SourceConfig, StreamSpec};
-use crate::source::DecodeMsg;
 use crate::source;
+use crate::source::DecodeMsg;
 use crate::stream::{StreamKey, StreamReport, StreamStatus};
 
 /// Key → status, for the decode and hash threads.
@@ -226,7 +226,10 @@ impl Manager {
         let saved = self.load_saved()?;
         let mut running = self.running.lock();
         for spec in config_streams {
-            running.insert(spec.id.clone(), self.start(spec.clone(), Origin::Config, None));
+            running.insert(
+                spec.id.clone(),
+                self.start(spec.clone(), Origin::Config, None),
+            );
         }
         for (id, req) in saved {
             if running.contains_key(&id) {
@@ -253,7 +256,9 @@ impl Manager {
             sampling.rate = o.rate.unwrap_or(sampling.rate);
         }
         if !(sampling.rate.is_finite() && sampling.rate > 0.0 && sampling.rate <= 240.0) {
-            return Err(StreamError::Invalid("sampling.rate: must be in (0, 240]".into()));
+            return Err(StreamError::Invalid(
+                "sampling.rate: must be in (0, 240]".into(),
+            ));
         }
         Ok(StreamSpec {
             id: id.to_string(),
@@ -350,7 +355,10 @@ impl Manager {
                 }
                 None => started += 1,
             }
-            running.insert(spec.id.clone(), self.start(spec.clone(), Origin::Config, None));
+            running.insert(
+                spec.id.clone(),
+                self.start(spec.clone(), Origin::Config, None),
+            );
         }
         drop(running);
         if let Err(e) = self.save() {

@@ -52,13 +52,15 @@ pub fn sniff_format(path: &Path) -> anyhow::Result<BankFormat> {
         .unwrap_or("");
     let cols: Vec<&str> = first.split(',').map(str::trim).collect();
     let is_hex = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
-    Ok(if cols.len() == 4 && cols[0].parse::<u64>().is_ok() && is_hex(cols[2]) {
-        BankFormat::Vpdq
-    } else if !is_hex(cols[0]) && cols.len() > 1 {
-        BankFormat::HmaCsv
-    } else {
-        BankFormat::Pdq
-    })
+    Ok(
+        if cols.len() == 4 && cols[0].parse::<u64>().is_ok() && is_hex(cols[2]) {
+            BankFormat::Vpdq
+        } else if !is_hex(cols[0]) && cols.len() > 1 {
+            BankFormat::HmaCsv
+        } else {
+            BankFormat::Pdq
+        },
+    )
 }
 
 fn load_banks(o: &ScanOptions) -> anyhow::Result<Banks> {
@@ -152,9 +154,15 @@ fn scan_image(
     Ok(())
 }
 
-fn scan_video(banks: &Banks, o: &ScanOptions, path: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+fn scan_video(
+    banks: &Banks,
+    o: &ScanOptions,
+    path: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let every = o.fps.map_or(0.0, |f| 1.0 / f);
-    let frames = crate::decode::hash_video_file_with(path, every, crate::decode::VideoPixels::Luma)?;
+    let frames =
+        crate::decode::hash_video_file_with(path, every, crate::decode::VideoPixels::Luma)?;
     let mut decider = Decider::new(Policy {
         // every firing comes back as an event, so each item's first one is seen
         update_interval: Duration::ZERO,

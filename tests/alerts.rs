@@ -57,7 +57,11 @@ fn get_bytes(lw: &Livewatch, path: &str) -> (u16, String, Vec<u8>) {
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let ctype = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     (status, ctype, buf[split + 4..].to_vec())
 }
@@ -82,15 +86,24 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
         receiver.url()
     );
     config.push_str(&stream("cam-a", &known));
-    config.push_str("metadata = { account_id = \"acct-42\", title = \"Evening show\", risk_tier = 2 }\n");
+    config.push_str(
+        "metadata = { account_id = \"acct-42\", title = \"Evening show\", risk_tier = 2 }\n",
+    );
     config.push_str(&stream("cam-b", other));
     let lw = Livewatch::start(dir, &config);
 
-    let records = wait_for(90, "an incident with 3 updates on cam-a, one on cam-b", || {
-        let r = receiver.records();
-        (of_stream(&r, "cam-a").len() >= 4 && !of_stream(&r, "cam-b").is_empty()).then_some(r)
-    });
-    assert!(records.iter().all(|r| r["verified"] == true), "{records:#?}");
+    let records = wait_for(
+        90,
+        "an incident with 3 updates on cam-a, one on cam-b",
+        || {
+            let r = receiver.records();
+            (of_stream(&r, "cam-a").len() >= 4 && !of_stream(&r, "cam-b").is_empty()).then_some(r)
+        },
+    );
+    assert!(
+        records.iter().all(|r| r["verified"] == true),
+        "{records:#?}"
+    );
     let a = of_stream(&records, "cam-a");
     let id = data(a[0])["incident_id"].as_str().unwrap().to_string();
     assert_eq!(a[0]["body"]["type"], "livewatch.incident.opened");
@@ -116,7 +129,10 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
     assert_eq!(d["evidence"]["kind"], "hash_match");
     assert_eq!(d["evidence"]["bank"], "known");
     assert!(d["first_evidence"]["at"].is_string());
-    assert!(d["items"][0]["item_id"].as_str().unwrap().starts_with("known-frame-"));
+    assert!(d["items"][0]["item_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("known-frame-"));
 
     // evidence: a JPEG for the bank that allows it, nothing for the one that does not
     let thumb = d["thumbnail"].as_str().unwrap();
@@ -129,7 +145,10 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
     assert_eq!(b["action"], "review");
     assert_eq!(b["severity"], "critical");
     let b_id = b["incident_id"].as_str().unwrap();
-    assert_eq!(get_bytes(&lw, &format!("/v1/alerts/{b_id}/thumbnail")).0, 404);
+    assert_eq!(
+        get_bytes(&lw, &format!("/v1/alerts/{b_id}/thumbnail")).0,
+        404
+    );
 
     // the API lists and shows it, with its events and their delivery
     let list = lw.get_json("/v1/alerts?stream=cam-a");
@@ -142,7 +161,10 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
     assert_eq!(lw.get("/v1/alerts?limit=0").0, 400);
 
     // acknowledge, then resolve
-    let (status, body) = lw.post(&format!("/v1/alerts/{id}/acknowledge"), "{\"by\": \"oncall\", \"note\": \"looking\"}");
+    let (status, body) = lw.post(
+        &format!("/v1/alerts/{id}/acknowledge"),
+        "{\"by\": \"oncall\", \"note\": \"looking\"}",
+    );
     assert_eq!(status, 200, "{body}");
     let (status, body) = lw.post(&format!("/v1/alerts/{id}/acknowledge"), "{\"who\": 1}");
     assert_eq!(status, 400, "{body}");
@@ -151,14 +173,23 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
     let resolved: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(resolved["status"], "resolved");
     assert_eq!(lw.post(&format!("/v1/alerts/{id}/resolve"), "").0, 409);
-    assert_eq!(lw.post("/v1/alerts/0190f1e2-0000-7000-8000-000000000000/resolve", "").0, 404);
+    assert_eq!(
+        lw.post(
+            "/v1/alerts/0190f1e2-0000-7000-8000-000000000000/resolve",
+            ""
+        )
+        .0,
+        404
+    );
     let records = wait_for(30, "the acknowledged and resolved events", || {
         let r = receiver.records();
         let types: Vec<_> = of_stream(&r, "cam-a")
             .iter()
             .map(|x| x["body"]["type"].as_str().unwrap().to_string())
             .collect();
-        types.contains(&"livewatch.incident.resolved".to_string()).then_some(r)
+        types
+            .contains(&"livewatch.incident.resolved".to_string())
+            .then_some(r)
     });
     let a = of_stream(&records, "cam-a");
     let ack = a
@@ -167,7 +198,10 @@ fn a_matching_stream_is_one_incident_with_updates_acknowledged_and_resolved_thro
         .expect("acknowledged event");
     assert_eq!(data(ack)["acknowledged"]["by"], "oncall");
     assert_eq!(data(ack)["status"], "acknowledged");
-    let seqs: Vec<u64> = a.iter().map(|r| data(r)["sequence"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = a
+        .iter()
+        .map(|r| data(r)["sequence"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 
     // in cooldown: the stream still matches, but no new incident opens
@@ -208,7 +242,10 @@ fn events_wait_for_a_receiver_that_is_down_and_arrive_in_order_when_it_is_back()
     wait_for(90, "events piling up while the receiver is down", || {
         (gauge(&lw, pending).unwrap_or(0.0) >= 6.0).then_some(())
     });
-    let failed = gauge(&lw, "livewatch_webhook_attempts_total{endpoint=\"webhook-0\",result=\"error\"}");
+    let failed = gauge(
+        &lw,
+        "livewatch_webhook_attempts_total{endpoint=\"webhook-0\",result=\"error\"}",
+    );
     assert!(failed.unwrap_or(0.0) >= 1.0);
 
     receiver.restart();
@@ -217,7 +254,10 @@ fn events_wait_for_a_receiver_that_is_down_and_arrive_in_order_when_it_is_back()
     });
     let logs = lw.terminate();
     let records = receiver.records();
-    assert!(records.iter().all(|r| r["verified"] == true), "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["verified"] == true),
+        "{records:#?}"
+    );
     for s in ["s1", "s2"] {
         let seqs: Vec<u64> = of_stream(&records, s)
             .iter()
@@ -227,7 +267,10 @@ fn events_wait_for_a_receiver_that_is_down_and_arrive_in_order_when_it_is_back()
         // all of them, in order, each once
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{s}");
     }
-    let ids: HashSet<_> = records.iter().map(|r| r["webhook_id"].as_str().unwrap()).collect();
+    let ids: HashSet<_> = records
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), records.len());
     assert!(logs.contains("\"stopped\""));
 }
@@ -250,7 +293,8 @@ fn an_event_committed_before_a_kill_9_is_delivered_after_the_restart_with_the_sa
         let id = list["alerts"][0]["incident_id"].as_str()?.to_string();
         let one = lw.get_json(&format!("/v1/alerts/{id}"));
         let ev = &one["event_log"][0];
-        (ev["deliveries"][0]["attempts"].as_u64()? >= 1 && ev["deliveries"][0]["status"] == "pending")
+        (ev["deliveries"][0]["attempts"].as_u64()? >= 1
+            && ev["deliveries"][0]["status"] == "pending")
             .then(|| (id, ev["webhook_id"].as_str().unwrap().to_string()))
     });
     let dir = lw.kill9();
@@ -268,7 +312,9 @@ fn an_event_committed_before_a_kill_9_is_delivered_after_the_restart_with_the_sa
     assert_eq!(r["webhook_id"], webhook_id.as_str());
     assert_eq!(data(r)["incident_id"], id.as_str());
     assert_eq!(r["body"]["type"], "livewatch.incident.opened");
-    assert!(lw.logs().contains("resuming deliveries left from the last run"));
+    assert!(lw
+        .logs()
+        .contains("resuming deliveries left from the last run"));
     // the incident outlived the process too
     let one = lw.get_json(&format!("/v1/alerts/{id}"));
     assert_eq!(one["incident_id"], id.as_str());
@@ -300,9 +346,18 @@ fn each_endpoint_fails_throttles_disables_and_dead_letters_on_its_own() {
         "[alerts]\nupdate_interval_secs = 600\n\n[[banks]]\nname = \"known\"\npath = \"known.pdq\"\n",
     );
     config.push_str(&hook("ok", ""));
-    config.push_str(&hook("slow", "timeout_secs = 1\nretry_schedule_secs = [120]\n"));
-    config.push_str(&hook("flaky", "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2]\n"));
-    config.push_str(&hook("throttled", "retry_schedule_secs = [0.2, 0.2, 0.2]\n"));
+    config.push_str(&hook(
+        "slow",
+        "timeout_secs = 1\nretry_schedule_secs = [120]\n",
+    ));
+    config.push_str(&hook(
+        "flaky",
+        "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2]\n",
+    ));
+    config.push_str(&hook(
+        "throttled",
+        "retry_schedule_secs = [0.2, 0.2, 0.2]\n",
+    ));
     config.push_str(&hook("gone", ""));
     config.push_str(&hook("dead", "retry_schedule_secs = [0.2, 0.2]\n"));
     config.push_str(&format!(
@@ -329,34 +384,54 @@ fn each_endpoint_fails_throttles_disables_and_dead_letters_on_its_own() {
     });
     assert_eq!(view("slow")["delivered"], 0);
     wait_for(30, "the slow endpoint timing out", || {
-        gauge(&lw, "livewatch_webhook_attempts_total{endpoint=\"slow\",result=\"timeout\"}")
-            .filter(|v| *v >= 1.0)
+        gauge(
+            &lw,
+            "livewatch_webhook_attempts_total{endpoint=\"slow\",result=\"timeout\"}",
+        )
+        .filter(|v| *v >= 1.0)
     });
     assert_eq!(view("slow")["pending"], 1);
-    let id = receiver.records_at("/ok")[0]["webhook_id"].as_str().unwrap().to_string();
+    let id = receiver.records_at("/ok")[0]["webhook_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // 500, 500, then accepted: one id throughout
     let flaky = wait_for(30, "the flaky endpoint accepting", || {
         let r = receiver.records_at("/flaky");
         (r.len() >= 3).then_some(r)
     });
-    assert!(flaky.iter().all(|r| r["webhook_id"] == id.as_str() && r["verified"] == true));
-    wait_for(10, "flaky delivered", || (view("flaky")["delivered"] == 1).then_some(()));
+    assert!(flaky
+        .iter()
+        .all(|r| r["webhook_id"] == id.as_str() && r["verified"] == true));
+    wait_for(10, "flaky delivered", || {
+        (view("flaky")["delivered"] == 1).then_some(())
+    });
 
     // 429 with Retry-After: 2 — the retry waits those 2 s, not the 0.2 s of the schedule
     let throttled = wait_for(30, "the throttled endpoint retried", || {
         let r = receiver.records_at("/throttled");
         (r.len() >= 2).then_some(r)
     });
-    let gap = throttled[1]["arrived_unix"].as_f64().unwrap() - throttled[0]["arrived_unix"].as_f64().unwrap();
-    assert!(gap >= 1.9, "Retry-After not honoured: retried after {gap} s");
+    let gap = throttled[1]["arrived_unix"].as_f64().unwrap()
+        - throttled[0]["arrived_unix"].as_f64().unwrap();
+    assert!(
+        gap >= 1.9,
+        "Retry-After not honoured: retried after {gap} s"
+    );
     assert_eq!(throttled[1]["webhook_id"], id.as_str());
 
     // 410: disabled, persisted, no more attempts; re-enabled through the API, then delivered
     wait_for(30, "the gone endpoint disabled", || {
         (view("gone")["disabled"] == true).then_some(())
     });
-    assert_eq!(gauge(&lw, "livewatch_webhook_endpoint_disabled{endpoint=\"gone\"}"), Some(1.0));
+    assert_eq!(
+        gauge(
+            &lw,
+            "livewatch_webhook_endpoint_disabled{endpoint=\"gone\"}"
+        ),
+        Some(1.0)
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(receiver.records_at("/gone").len(), 1);
     assert_eq!(view("gone")["pending"], 1);
@@ -368,7 +443,13 @@ fn each_endpoint_fails_throttles_disables_and_dead_letters_on_its_own() {
         (r.len() >= 2).then_some(r)
     });
     assert_eq!(gone[1]["webhook_id"], id.as_str());
-    assert_eq!(gauge(&lw, "livewatch_webhook_endpoint_disabled{endpoint=\"gone\"}"), Some(0.0));
+    assert_eq!(
+        gauge(
+            &lw,
+            "livewatch_webhook_endpoint_disabled{endpoint=\"gone\"}"
+        ),
+        Some(0.0)
+    );
 
     // three failures with a two-retry schedule: a dead letter, redelivered on request
     let dead = wait_for(30, "a dead letter", || {
@@ -378,18 +459,30 @@ fn each_endpoint_fails_throttles_disables_and_dead_letters_on_its_own() {
     assert_eq!(dead["dead_letters"][0]["webhook_id"], id.as_str());
     assert_eq!(dead["dead_letters"][0]["attempts"], 3);
     assert_eq!(receiver.records_at("/dead").len(), 3);
-    assert_eq!(gauge(&lw, "livewatch_webhook_dead_letters{endpoint=\"dead\"}"), Some(1.0));
     assert_eq!(
-        gauge(&lw, "livewatch_webhook_deliveries_total{endpoint=\"dead\",outcome=\"dead_letter\"}"),
+        gauge(&lw, "livewatch_webhook_dead_letters{endpoint=\"dead\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(
+            &lw,
+            "livewatch_webhook_deliveries_total{endpoint=\"dead\",outcome=\"dead_letter\"}"
+        ),
         Some(1.0)
     );
     receiver.set_mode("/dead", "reset=1");
-    let (status, body) = lw.post(&format!("/v1/webhooks/dead/dead-letters/{id}/redeliver"), "");
+    let (status, body) = lw.post(
+        &format!("/v1/webhooks/dead/dead-letters/{id}/redeliver"),
+        "",
+    );
     assert_eq!((status, body.as_str()), (200, "{\"requeued\":1}"));
     wait_for(30, "the dead letter delivered", || {
         (view("dead")["delivered"] == 1).then_some(())
     });
-    assert_eq!(receiver.records_at("/dead").last().unwrap()["webhook_id"], id.as_str());
+    assert_eq!(
+        receiver.records_at("/dead").last().unwrap()["webhook_id"],
+        id.as_str()
+    );
     let d = lw.get_json("/v1/webhooks/dead/dead-letters");
     assert!(d["dead_letters"].as_array().unwrap().is_empty());
 
@@ -399,7 +492,10 @@ fn each_endpoint_fails_throttles_disables_and_dead_letters_on_its_own() {
     assert_eq!(rotated["signature"].as_str().unwrap().split(' ').count(), 2);
     // the filter: this endpoint takes classifier incidents only
     assert!(receiver.records_at("/filtered").is_empty());
-    assert!(receiver.records().iter().all(|r| r["verified"] == true || r["path"] == "/slow"));
+    assert!(receiver
+        .records()
+        .iter()
+        .all(|r| r["verified"] == true || r["path"] == "/slow"));
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -408,20 +504,84 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate.
 fn make_pki(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=livewatch test CA"]].concat());
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=livewatch test CA",
+            ],
+        ]
+        .concat(),
+    );
     for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(dir, &[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN=livewatch test {name}")]].concat());
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")]);
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN=livewatch test {name}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
     }
 }
 
@@ -465,8 +625,11 @@ fn https_with_a_private_ca_and_a_client_certificate() {
     });
     assert_eq!(records[0]["verified"], true);
     wait_for(30, "the anonymous endpoint refused", || {
-        gauge(&lw, "livewatch_webhook_attempts_total{endpoint=\"no-client-cert\",result=\"error\"}")
-            .filter(|v| *v >= 1.0)
+        gauge(
+            &lw,
+            "livewatch_webhook_attempts_total{endpoint=\"no-client-cert\",result=\"error\"}",
+        )
+        .filter(|v| *v >= 1.0)
     });
     assert!(receiver.records_at("/anonymous").is_empty());
     // a CA file that is not PEM is a configuration error naming the key
@@ -481,7 +644,11 @@ fn https_with_a_private_ca_and_a_client_certificate() {
         ),
     )
     .unwrap();
-    let out = Command::new(binary()).arg("check-config").arg(&bad).output().unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("webhooks[0].ca_file"), "{err}");

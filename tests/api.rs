@@ -15,7 +15,10 @@ fn call(lw: &Livewatch, method: &str, path: &str, body: &str) -> (u16, serde_jso
     let auth = format!("Bearer {TOKEN}");
     let (status, text) =
         http_request_with(lw.addr, method, path, body, &[("Authorization", &auth)]).unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 fn stream_ids(lw: &Livewatch) -> Vec<String> {
@@ -38,7 +41,14 @@ fn the_api_needs_a_token_except_for_metrics_and_health() {
     let (status, body) = lw.get("/v1/streams");
     assert_eq!(status, 401);
     assert!(body.contains("Bearer"), "{body}");
-    let wrong = http_request_with(lw.addr, "GET", "/v1/status", "", &[("Authorization", "Bearer lw-test-token-5f1c9a7e2c")]).unwrap();
+    let wrong = http_request_with(
+        lw.addr,
+        "GET",
+        "/v1/status",
+        "",
+        &[("Authorization", "Bearer lw-test-token-5f1c9a7e2c")],
+    )
+    .unwrap();
     assert_eq!(wrong.0, 401);
     let (status, v) = call(&lw, "GET", "/v1/status", "");
     assert_eq!(status, 200);
@@ -50,12 +60,20 @@ fn the_api_needs_a_token_except_for_metrics_and_health() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("c.toml");
     std::fs::write(&cfg, "[server]\napi_tokens = [\"short\"]\n").unwrap();
-    let out = Command::new(binary()).arg("check-config").arg(&cfg).output().unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.api_tokens"));
     // listening beyond loopback without a token is refused too
     std::fs::write(&cfg, "[server]\nlisten = \"0.0.0.0:9\"\n").unwrap();
-    let out = Command::new(binary()).arg("check-config").arg(&cfg).output().unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.api_tokens"));
 }
 
@@ -110,10 +128,30 @@ fn streams_are_attached_and_detached_at_run_time_and_persist() {
     let bad = [
         ("PUT", "/v1/streams/x", "not json", 400),
         ("PUT", "/v1/streams/x", "{\"url\": \"ftp://nope/a\"}", 422),
-        ("PUT", "/v1/streams/x", "{\"url\": \"rtsp://h/a\", \"colour\": 1}", 400),
-        ("PUT", "/v1/streams/bad%20id", "{\"url\": \"rtsp://h/a\"}", 422),
-        ("PUT", "/v1/streams/x", "{\"url\": \"rtsp://h/a\", \"sampling\": {\"rate\": 0}}", 422),
-        ("PUT", "/v1/streams/from-config", "{\"url\": \"rtsp://h/a\"}", 409),
+        (
+            "PUT",
+            "/v1/streams/x",
+            "{\"url\": \"rtsp://h/a\", \"colour\": 1}",
+            400,
+        ),
+        (
+            "PUT",
+            "/v1/streams/bad%20id",
+            "{\"url\": \"rtsp://h/a\"}",
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/streams/x",
+            "{\"url\": \"rtsp://h/a\", \"sampling\": {\"rate\": 0}}",
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/streams/from-config",
+            "{\"url\": \"rtsp://h/a\"}",
+            409,
+        ),
         ("DELETE", "/v1/streams/from-config", "", 409),
         ("DELETE", "/v1/streams/never-was", "", 404),
         ("POST", "/v1/streams", "", 405),
@@ -149,7 +187,10 @@ fn streams_are_attached_and_detached_at_run_time_and_persist() {
     // SIGHUP: the config file's new stream starts, the removed one stops, API streams stay
     let changed = base.replace("id = \"from-config\"", "id = \"from-config-2\"");
     lw.rewrite_config(&changed, &server);
-    let hup = Command::new("kill").args(["-HUP", &lw.pid().to_string()]).status().unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &lw.pid().to_string()])
+        .status()
+        .unwrap();
     assert!(hup.success());
     wait_for(20, "the reloaded stream list", || {
         let mut ids = stream_ids(&lw);
@@ -217,7 +258,10 @@ fn bank_items_are_added_at_run_time() {
     let (status, v) = call(&lw, "DELETE", &format!("/v1/banks/known/items/{item}"), "");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["removed_hashes"], 1);
-    assert_eq!(call(&lw, "DELETE", "/v1/banks/known/items/no-such-item", "").0, 404);
+    assert_eq!(
+        call(&lw, "DELETE", "/v1/banks/known/items/no-such-item", "").0,
+        404
+    );
     let (_, dir) = lw.stop_keep();
     let lw = Livewatch::start_with(dir, &config, &server);
     let (_, v) = call(&lw, "GET", "/v1/banks", "");
@@ -234,7 +278,12 @@ fn openapi_document_is_valid_and_metrics_pass_promtool() {
     let (status, doc) = lw.get("/openapi.json");
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
-    for path in ["/v1/streams/{id}", "/v1/alerts", "/v1/status", "/v1/webhooks"] {
+    for path in [
+        "/v1/streams/{id}",
+        "/v1/alerts",
+        "/v1/status",
+        "/v1/webhooks",
+    ] {
         assert!(v["paths"][path].is_object(), "{path} missing");
     }
     assert!(v["paths"]["/v1/streams/{id}"]["put"]["requestBody"].is_object());
@@ -261,12 +310,20 @@ fn openapi_document_is_valid_and_metrics_pass_promtool() {
         .spawn()
         .expect("promtool (Debian package prometheus) is missing: run scripts/setup.sh");
     use std::io::Write as _;
-    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
 }

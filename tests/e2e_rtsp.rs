@@ -114,7 +114,9 @@ fn five_rtsp_streams_alert_only_for_the_streams_showing_known_content() {
     let observed = metric(&metrics, "livewatch_alert_latency_seconds_count").unwrap_or(0.0);
     assert!(observed >= 2.0, "alert latency not observed:\n{metrics}");
     assert!(
-        metrics.contains("livewatch_webhook_deliveries_total{endpoint=\"webhook-0\",outcome=\"delivered\"}"),
+        metrics.contains(
+            "livewatch_webhook_deliveries_total{endpoint=\"webhook-0\",outcome=\"delivered\"}"
+        ),
         "{metrics}"
     );
     assert!(!metrics.contains("outcome=\"dead_letter\"} 1"), "{metrics}");
@@ -304,7 +306,8 @@ fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("livewatch_webhook_attempts_total{endpoint=\"webhook-0\",result=\"5xx\"} 2"),
+        metrics
+            .contains("livewatch_webhook_attempts_total{endpoint=\"webhook-0\",result=\"5xx\"} 2"),
         "{metrics}"
     );
 }

@@ -32,7 +32,8 @@ fn ready_watchdog_reload_and_stopping_reach_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let port = free_port();
     let config = dir.path().join("livewatch.toml");
     std::fs::write(
@@ -58,13 +59,24 @@ fn ready_watchdog_reload_and_stopping_reach_systemd() {
     next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
     next_message(&sock, "WATCHDOG=1", Duration::from_secs(10));
 
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let seen = next_message(&sock, "READY=1", Duration::from_secs(30));
-    assert!(seen.iter().any(|m| m.lines().any(|l| l == "RELOADING=1")), "{seen:?}");
+    assert!(
+        seen.iter().any(|m| m.lines().any(|l| l == "RELOADING=1")),
+        "{seen:?}"
+    );
     // still alive and answering after the reload
     assert!(child.try_wait().unwrap().is_none());
 
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     next_message(&sock, "STOPPING=1", Duration::from_secs(30));
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");

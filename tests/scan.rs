@@ -9,7 +9,11 @@ use std::process::Command;
 use common::*;
 
 fn scan(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
-    let out = Command::new(binary()).arg("scan").args(args).output().unwrap();
+    let out = Command::new(binary())
+        .arg("scan")
+        .args(args)
+        .output()
+        .unwrap();
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -33,7 +37,11 @@ fn scan_finds_banked_videos_in_edited_copies_and_nothing_in_others() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let bank = video_bank(dir.path(), &data, &["chair-orig-22-sd-bar", "pattern-sd-grey-bar"]);
+    let bank = video_bank(
+        dir.path(),
+        &data,
+        &["chair-orig-22-sd-bar", "pattern-sd-grey-bar"],
+    );
     let v = |n: &str| data.join(format!("videos/{n}.mp4")).display().to_string();
     let (code, lines, err) = scan(&[
         "--bank",
@@ -58,8 +66,14 @@ fn scan_finds_banked_videos_in_edited_copies_and_nothing_in_others() {
     assert_eq!(
         found,
         [
-            ("chair-22-sd-grey-bar.mp4".to_string(), "chair-orig-22-sd-bar".to_string()),
-            ("pattern-sd-with-small-logo-bar.mp4".to_string(), "pattern-sd-grey-bar".to_string()),
+            (
+                "chair-22-sd-grey-bar.mp4".to_string(),
+                "chair-orig-22-sd-bar".to_string()
+            ),
+            (
+                "pattern-sd-with-small-logo-bar.mp4".to_string(),
+                "pattern-sd-grey-bar".to_string()
+            ),
         ]
     );
     for l in &videos {
@@ -75,7 +89,10 @@ fn scan_finds_banked_videos_in_edited_copies_and_nothing_in_others() {
         .any(|l| l["media"].as_str().unwrap().contains("doorknob")));
     let errors = of_type(&lines, "error");
     assert_eq!(errors.len(), 1);
-    assert!(errors[0]["error"].as_str().unwrap().contains("/nonexistent/clip.mp4"));
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/clip.mp4"));
 }
 
 #[test]
@@ -113,7 +130,10 @@ fn scan_matches_images_through_rotations_and_csv_exports() {
     let (_, lines, _) = scan(&["--dihedral", "--bank", csv.to_str().unwrap(), o, r]);
     let m = of_type(&lines, "match");
     assert_eq!(m.len(), 2, "{lines:?}");
-    assert!(m[1]["media"].as_str().unwrap().ends_with("bridge-2-rotate-90.jpg"));
+    assert!(m[1]["media"]
+        .as_str()
+        .unwrap()
+        .ends_with("bridge-2-rotate-90.jpg"));
     assert!(m[1]["distance"].as_u64().unwrap() <= 16, "{}", m[1]);
 
     // a bad bank stops the scan before any media, naming file and line

@@ -32,11 +32,23 @@ fn edited_copies_of_banked_videos_raise_video_match_incidents_over_rtsp() {
     };
     let videos = data.join("videos");
     let streamed = [
-        ("chair-grey", "chair-22-sd-grey-bar", Some("chair-orig-22-sd-bar")),
-        ("chair-logo", "chair-22-with-small-logo-bar", Some("chair-orig-22-sd-bar")),
+        (
+            "chair-grey",
+            "chair-22-sd-grey-bar",
+            Some("chair-orig-22-sd-bar"),
+        ),
+        (
+            "chair-logo",
+            "chair-22-with-small-logo-bar",
+            Some("chair-orig-22-sd-bar"),
+        ),
         ("chair-19", "chair-19-sd-bar", Some("chair-orig-22-sd-bar")),
         ("chair-20", "chair-20-sd-bar", Some("chair-orig-22-sd-bar")),
-        ("pattern-logo", "pattern-sd-with-small-logo-bar", Some("pattern-sd-grey-bar")),
+        (
+            "pattern-logo",
+            "pattern-sd-with-small-logo-bar",
+            Some("pattern-sd-grey-bar"),
+        ),
         ("doorknob", "doorknob-hd-no-bar", None),
     ];
     let clips: Vec<PathBuf> = streamed
@@ -52,7 +64,11 @@ fn edited_copies_of_banked_videos_raise_video_match_incidents_over_rtsp() {
 
     // the bank: the two originals' published vPDQ files, one file per item
     let dir = tempfile::tempdir().unwrap();
-    video_bank(dir.path(), &data, &["chair-orig-22-sd-bar", "pattern-sd-grey-bar"]);
+    video_bank(
+        dir.path(),
+        &data,
+        &["chair-orig-22-sd-bar", "pattern-sd-grey-bar"],
+    );
     let receiver = Receiver::start(0);
     let mut config = format!(
         "[sampling]\nmode = \"fps\"\nrate = 5\n\n\
@@ -90,7 +106,11 @@ fn edited_copies_of_banked_videos_raise_video_match_incidents_over_rtsp() {
         let d = &first["body"]["data"];
         assert_eq!(d["reason"], "video_match", "{mount}: {d:#}");
         assert_eq!(d["evidence"]["kind"], "video_match");
-        assert_eq!(d["evidence"]["item_id"], item.unwrap(), "{mount} ({name}): {d:#}");
+        assert_eq!(
+            d["evidence"]["item_id"],
+            item.unwrap(),
+            "{mount} ({name}): {d:#}"
+        );
         assert!(d["evidence"]["match_percent"].as_f64().unwrap() >= 80.0);
         println!(
             "{mount} ({name}) matched {} at {}% of {} frames, best distance {}, item coverage {}%",

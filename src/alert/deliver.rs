@@ -27,9 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::store::{
-    unix_ms, DeliveryState, DeliveryStatus, EndpointState, Outbox, StoredEvent,
-};
+use super::store::{unix_ms, DeliveryState, DeliveryStatus, EndpointState, Outbox, StoredEvent};
 use crate::blocking;
 use crate::config::WebhookSpec;
 use crate::decide::EventKind;
@@ -100,7 +98,6 @@ impl Item {
         }
     }
 }
-
 
 enum Outcome {
     Delivered(u16),
@@ -296,8 +293,14 @@ impl Worker {
                         let o = attempt(&ep, &ev).await;
                         (Some(ev), o)
                     }
-                    Ok(None) => (None, Outcome::Internal("event missing from the outbox".into())),
-                    Err(e) => (None, Outcome::Internal(format!("outbox read failed: {e:#}"))),
+                    Ok(None) => (
+                        None,
+                        Outcome::Internal("event missing from the outbox".into()),
+                    ),
+                    Err(e) => (
+                        None,
+                        Outcome::Internal(format!("outbox read failed: {e:#}")),
+                    ),
                 };
                 (seq, epoch, outcome, event)
             });
@@ -354,8 +357,14 @@ impl Worker {
                 for it in self.queue.values_mut().filter(|i| i.transient) {
                     it.due = it.due.min(now);
                 }
-                self.save(seq, DeliveryStatus::Delivered, item.attempts + 1, Some(code), None)
-                    .await;
+                self.save(
+                    seq,
+                    DeliveryStatus::Delivered,
+                    item.attempts + 1,
+                    Some(code),
+                    None,
+                )
+                .await;
                 return;
             }
             Outcome::Gone => {
@@ -414,9 +423,7 @@ impl Worker {
                     Some(format!("HTTP {status}")),
                 )
             }
-            Outcome::Failed {
-                status, error, ..
-            } => {
+            Outcome::Failed { status, error, .. } => {
                 let attempts = {
                     let item = self.queue.get_mut(&seq).expect("queued");
                     item.attempts += 1;
@@ -441,7 +448,8 @@ impl Worker {
                 .inc();
             error!(endpoint = %name, seq, attempts, "webhook delivery gave up: event moved to the dead letters");
         }
-        self.save(seq, status, attempts, last_status, last_error).await;
+        self.save(seq, status, attempts, last_status, last_error)
+            .await;
     }
 
     /// Pending while retries remain on the schedule, dead after the last.
@@ -657,7 +665,10 @@ mod tests {
         assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
         let later = SystemTime::now() + Duration::from_secs(120);
         let d = retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(d <= Duration::from_secs(120) && d >= Duration::from_secs(100), "{d:?}");
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(100),
+            "{d:?}"
+        );
         assert_eq!(
             retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)

@@ -97,12 +97,21 @@ impl AlertsHandle {
         Ok(rx.await?)
     }
 
-    pub async fn acknowledge(&self, id: &str, by: Actor) -> anyhow::Result<Result<Incident, IncidentError>> {
+    pub async fn acknowledge(
+        &self,
+        id: &str,
+        by: Actor,
+    ) -> anyhow::Result<Result<Incident, IncidentError>> {
         let id = id.to_string();
-        self.ask(|reply| Command::Acknowledge { id, by, reply }).await
+        self.ask(|reply| Command::Acknowledge { id, by, reply })
+            .await
     }
 
-    pub async fn resolve(&self, id: &str, by: Actor) -> anyhow::Result<Result<Incident, IncidentError>> {
+    pub async fn resolve(
+        &self,
+        id: &str,
+        by: Actor,
+    ) -> anyhow::Result<Result<Incident, IncidentError>> {
         let id = id.to_string();
         self.ask(|reply| Command::Resolve { id, by, reply }).await
     }
@@ -174,7 +183,9 @@ impl AlertService {
             info!(incident = %inc.incident_id, stream = %inc.stream.id, "incident still open from the last run");
             decider.restore(inc, now);
         }
-        metrics().incidents_open.set(decider.open_incidents() as i64);
+        metrics()
+            .incidents_open
+            .set(decider.open_incidents() as i64);
 
         let thumbnails = config.state_dir.join("thumbnails");
         let (commands, command_rx) = crossbeam_channel::unbounded();
@@ -256,7 +267,9 @@ fn decide_loop(
     // waits for its evidence.
     let thumbs: std::cell::RefCell<Vec<(String, Arc<crate::decode::Frame>)>> = Default::default();
     let mut thumb = |incident_id: &str, frame: &Arc<crate::decode::Frame>| -> Option<String> {
-        thumbs.borrow_mut().push((incident_id.to_string(), frame.clone()));
+        thumbs
+            .borrow_mut()
+            .push((incident_id.to_string(), frame.clone()));
         Some(format!("/v1/alerts/{incident_id}/thumbnail"))
     };
     loop {
@@ -302,7 +315,10 @@ fn decide_loop(
     }
     ctx.retry_backlog();
     if !ctx.backlog.is_empty() {
-        error!(events = ctx.backlog.len(), "stopping with events the outbox could not take: they are lost");
+        error!(
+            events = ctx.backlog.len(),
+            "stopping with events the outbox could not take: they are lost"
+        );
     }
     info!("decision stage stopped; open incidents stay open for the next start");
 }
@@ -418,7 +434,12 @@ impl Committer {
 }
 
 /// Every few minutes: resolved incidents past their history, and thumbnails past retention.
-async fn janitor(store: Arc<Outbox>, thumbs: PathBuf, policy: AlertPolicy, cancel: CancellationToken) {
+async fn janitor(
+    store: Arc<Outbox>,
+    thumbs: PathBuf,
+    policy: AlertPolicy,
+    cancel: CancellationToken,
+) {
     loop {
         let (s, t, p) = (store.clone(), thumbs.clone(), policy.clone());
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
@@ -432,7 +453,11 @@ async fn janitor(store: Arc<Outbox>, thumbs: PathBuf, policy: AlertPolicy, cance
         .await;
         match r {
             Ok(Ok((i, f))) if i + f > 0 => {
-                info!(incidents = i, thumbnails = f, "old incidents and evidence removed")
+                info!(
+                    incidents = i,
+                    thumbnails = f,
+                    "old incidents and evidence removed"
+                )
             }
             Ok(Err(e)) => warn!("outbox clean-up failed: {e:#}"),
             Err(e) => warn!("outbox clean-up failed: {e}"),

@@ -159,7 +159,8 @@ impl Outbox {
             let seq = meta.get("next_seq")?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_seq", seq + 1)?;
             event = make(seq);
-            tx.open_table(EVENTS)?.insert(seq, json(&event).as_slice())?;
+            tx.open_table(EVENTS)?
+                .insert(seq, json(&event).as_slice())?;
             tx.open_table(INCIDENTS)?
                 .insert(incident.incident_id.as_str(), json(incident).as_slice())?;
             tx.open_table(INCIDENT_EVENTS)?
@@ -236,7 +237,10 @@ impl Outbox {
     }
 
     /// Dead letters of an endpoint, oldest first.
-    pub fn dead_letters(&self, endpoint: &str) -> anyhow::Result<Vec<(StoredEvent, DeliveryState)>> {
+    pub fn dead_letters(
+        &self,
+        endpoint: &str,
+    ) -> anyhow::Result<Vec<(StoredEvent, DeliveryState)>> {
         let tx = self.db.begin_read()?;
         let dead = tx.open_table(DEAD)?;
         let events = tx.open_table(EVENTS)?;
@@ -365,10 +369,7 @@ impl Outbox {
     }
 
     /// The events of an incident with each endpoint's delivery state.
-    pub fn incident_events(
-        &self,
-        id: &str,
-    ) -> anyhow::Result<Vec<EventDeliveries>> {
+    pub fn incident_events(&self, id: &str) -> anyhow::Result<Vec<EventDeliveries>> {
         let tx = self.db.begin_read()?;
         let ie = tx.open_table(INCIDENT_EVENTS)?;
         let events = tx.open_table(EVENTS)?;
@@ -396,7 +397,8 @@ impl Outbox {
             let tx = self.db.begin_read()?;
             let t = tx.open_table(ENDPOINTS)?;
             let v = t.get(name)?;
-            v.map(|v| parse::<EndpointState>(v.value(), "endpoint")).transpose()?
+            v.map(|v| parse::<EndpointState>(v.value(), "endpoint"))
+                .transpose()?
         };
         match known {
             Some(state) => Ok(state),

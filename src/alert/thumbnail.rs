@@ -103,6 +103,9 @@ mod tests {
         let img = image::load_from_memory(&grey).unwrap().to_rgb8();
         assert_eq!((img.width(), img.height()), (101, 57));
         let p = img.get_pixel(50, 20);
-        assert!(p[0].abs_diff(p[1]) <= 3 && p[1].abs_diff(p[2]) <= 3, "{p:?}");
+        assert!(
+            p[0].abs_diff(p[1]) <= 3 && p[1].abs_diff(p[2]) <= 3,
+            "{p:?}"
+        );
     }
 }
