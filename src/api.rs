@@ -34,6 +34,16 @@ pub struct StaticStatus {
     pub hash_backend: BackendInfo,
     pub decode_threads: usize,
     pub hash_threads: usize,
+    /// `None` when no classifier model is configured.
+    pub classifier: Option<ClassifierStatus>,
+}
+
+/// The classifier as `/v1/status` and `/v1/classifier` show it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ClassifierStatus {
+    /// The ONNX Runtime library loaded.
+    pub onnxruntime: String,
+    pub models: Vec<crate::classify::service::ModelView>,
 }
 
 #[derive(Clone)]
@@ -58,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .route("/v1/status", get(status))
+        .route("/v1/classifier", get(classifier))
         .route("/v1/streams", get(list_streams))
         .route(
             "/v1/streams/{id}",
@@ -178,7 +189,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "livewatch", description = "Control API of the livewatch appliance"),
-    paths(metrics_text, healthz, readyz, openapi, status, reload_all, list_streams, get_stream,
+    paths(metrics_text, healthz, readyz, openapi, status, classifier, reload_all, list_streams, get_stream,
         put_stream, delete_stream, list_banks, reload_banks, add_bank_items, remove_bank_item, list_alerts,
         get_alert, get_thumbnail, acknowledge, resolve, list_webhooks, enable_webhook,
         dead_letters, redeliver_all, redeliver_one),
@@ -231,12 +242,44 @@ async fn status(State(s): State<ApiState>) -> impl IntoResponse {
         "version": s.status.version,
         "ready": s.ready.load(Ordering::Acquire),
         "hash": s.status.hash_backend,
-        "onnx_providers": [],
+        "onnx_providers": s.status.classifier.as_ref().map(|c| {
+            let mut p: Vec<&str> = c.models.iter().map(|m| m.provider.as_str()).collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        }).unwrap_or_default(),
+        "classifier": s.status.classifier.as_ref().map(|c| json!({
+            "onnxruntime": c.onnxruntime,
+            "models": c.models.iter().map(|m| json!({"name": m.name, "provider": m.provider, "mode": m.mode, "preprocess": m.preprocess})).collect::<Vec<_>>(),
+            "shadow_alerts": s.alerts.shadow.lock().len(),
+        })),
         "threads": { "decode": s.status.decode_threads, "hash": s.status.hash_threads },
         "queues": { "frames": s.frames.len(), "frames_capacity": s.frames.capacity(), "webhooks": webhooks },
         "capacity": s.manager.load(),
         "banks": s.banks.load().banks.iter().map(|b| json!({"name": &*b.name, "version": b.version, "hashes": b.len()})).collect::<Vec<_>>(),
     }))
+}
+
+/// What `GET /v1/classifier` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ClassifierView {
+    pub enabled: bool,
+    pub onnxruntime: Option<String>,
+    pub models: Vec<crate::classify::service::ModelView>,
+    /// The latest would-be incidents of models in shadow mode (at most 100), oldest first.
+    pub shadow_alerts: Vec<crate::decide::ShadowAlert>,
+}
+
+#[utoipa::path(get, path = "/v1/classifier", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "models in use (provider, mode, thresholds, window) and the latest would-be incidents of shadow models", body = ClassifierView), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+async fn classifier(State(s): State<ApiState>) -> impl IntoResponse {
+    let c = s.status.classifier.as_ref();
+    Json(ClassifierView {
+        enabled: c.is_some(),
+        onnxruntime: c.map(|c| c.onnxruntime.clone()),
+        models: c.map(|c| c.models.clone()).unwrap_or_default(),
+        shadow_alerts: s.alerts.shadow.lock().iter().cloned().collect(),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/streams", tag = "streams", security(("bearer" = [])),

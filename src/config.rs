@@ -50,6 +50,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub hash: HashConfig,
     #[serde(default)]
+    pub classifier: ClassifierConfig,
+    #[serde(default)]
     pub evidence: EvidenceConfig,
 }
 
@@ -122,6 +124,169 @@ impl Default for HashConfig {
 
 fn default_gpu_batch() -> usize {
     64
+}
+
+/// `[classifier]`: violence classification with ONNX models. Off while `models` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierConfig {
+    /// Folder of model manifests (`*.toml`) and their files.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: String,
+    /// ONNX Runtime's shared library (`libonnxruntime.so.*`); default: `$ORT_DYLIB_PATH`, then
+    /// the project's Python environment.
+    #[serde(default)]
+    pub onnxruntime: Option<String>,
+    /// Execution providers, in order of preference: `cpu`, `cuda`, `tensorrt`.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<crate::classify::runtime::ProviderKind>,
+    /// A GPU provider that cannot load falls back to the CPU (with an error in the log and
+    /// the provider shown in metrics and status) instead of stopping the start.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// CUDA / TensorRT device.
+    #[serde(default)]
+    pub device_id: i32,
+    /// Where pre-processing runs: like `hash.backend`.
+    #[serde(default)]
+    pub preprocess: HashBackend,
+    #[serde(default)]
+    pub adapter: Option<AdapterSelector>,
+    #[serde(default)]
+    pub allow_software: bool,
+    /// Inference workers; each holds its own session of every model.
+    #[serde(default = "default_one")]
+    pub workers: usize,
+    /// Frames per inference batch, at most (frames of many streams go into one batch).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How long a batch waits for more frames once its first frame is there.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// ONNX Runtime's intra-op threads per session; 0: its default.
+    #[serde(default)]
+    pub intra_threads: usize,
+    /// Frames per second classified per stream (`[[streams]] sampling.classify_fps` overrides).
+    #[serde(default = "default_rate")]
+    pub fps: f64,
+    /// Frames waiting for the classifier, at most (the oldest of a stream is dropped first).
+    #[serde(default = "default_classify_queue")]
+    pub queue: usize,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+fn default_models_dir() -> String {
+    "models".into()
+}
+fn default_providers() -> Vec<crate::classify::runtime::ProviderKind> {
+    vec![crate::classify::runtime::ProviderKind::Cpu]
+}
+fn default_one() -> usize {
+    1
+}
+fn default_max_batch() -> usize {
+    16
+}
+fn default_max_wait_ms() -> u64 {
+    20
+}
+fn default_classify_queue() -> usize {
+    256
+}
+
+/// How a model's scores become a decision.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowRule {
+    /// At least `min_frames` of the last `window_frames` scored frames reach the threshold.
+    #[default]
+    KOfN,
+    /// The mean score of the last `window_frames` frames reaches the threshold.
+    Mean,
+}
+
+/// `[[classifier.models]]`: one model in use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The manifest's `name` (or its file stem) in `models_dir`.
+    pub name: Spanned<String>,
+    /// Scores and would-be alerts are recorded and counted; nothing is sent.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Thresholds per label, replacing the manifest's defaults (labels listed here and not in
+    /// the manifest's `[violence]` table are added).
+    #[serde(default)]
+    pub thresholds: std::collections::BTreeMap<String, f32>,
+    #[serde(default)]
+    pub rule: WindowRule,
+    #[serde(default = "default_window_frames")]
+    pub window_frames: usize,
+    #[serde(default = "default_min_frames")]
+    pub min_frames: usize,
+    #[serde(default = "default_model_severity")]
+    pub severity: Severity,
+    #[serde(default = "default_model_action")]
+    pub action: Action,
+    #[serde(default)]
+    pub store_evidence: bool,
+}
+
+fn default_window_frames() -> usize {
+    5
+}
+fn default_min_frames() -> usize {
+    3
+}
+fn default_model_severity() -> Severity {
+    Severity::High
+}
+fn default_model_action() -> Action {
+    Action::Review
+}
+
+/// A model in use, validated (its manifest is checked when the classifier starts).
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub shadow: bool,
+    pub thresholds: std::collections::BTreeMap<String, f32>,
+    pub rule: WindowRule,
+    pub window_frames: usize,
+    pub min_frames: usize,
+    pub severity: Severity,
+    pub action: Action,
+    pub store_evidence: bool,
+}
+
+/// `[classifier]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClassifierSpec {
+    pub models_dir: PathBuf,
+    pub onnxruntime: Option<PathBuf>,
+    pub providers: Vec<crate::classify::runtime::ProviderKind>,
+    pub allow_cpu_fallback: bool,
+    pub device_id: i32,
+    pub preprocess: HashBackend,
+    pub adapter: Option<AdapterSelector>,
+    pub allow_software: bool,
+    pub workers: usize,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub intra_threads: usize,
+    /// Default frames per second classified per stream.
+    pub fps: f64,
+    pub queue: usize,
+    pub models: Vec<ModelSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -260,6 +425,8 @@ pub struct SamplingOverride {
     pub mode: Option<SamplingMode>,
     pub rate: Option<f64>,
     pub keyframe_timeout_secs: Option<f64>,
+    /// Frames per second for the classifier; 0 leaves this stream out of classification.
+    pub classify_fps: Option<f64>,
 }
 
 /// `[[streams]]`
@@ -543,6 +710,8 @@ pub struct Sampling {
     pub mode: SamplingMode,
     pub rate: f64,
     pub keyframe_timeout: Duration,
+    /// Frames per second for the classifier; `None`: not classified.
+    pub classify: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -652,6 +821,8 @@ pub struct Config {
     pub source: SourceConfig,
     pub pipeline: PipelineConfig,
     pub hash: HashConfig,
+    /// `None` when no model is configured.
+    pub classifier: Option<ClassifierSpec>,
 }
 
 /// URL schemes a stream may use: RTSP through retina, everything else through libavformat.
@@ -820,6 +991,23 @@ impl RawConfig {
             ));
         }
 
+        let classifier = self.classifier.validate(base, &err)?;
+        let classify_rate = |o: Option<f64>, field: String| -> Result<Option<f64>, ConfigError> {
+            let Some(c) = &classifier else {
+                return Ok(None);
+            };
+            match o {
+                None => Ok(Some(c.fps)),
+                Some(v) if v == 0.0 => Ok(None),
+                Some(v) if v.is_finite() && v > 0.0 && v <= 240.0 => Ok(Some(v)),
+                Some(v) => Err(err(
+                    None,
+                    field,
+                    format!("must be 0 (off) or in (0, 240] frames per second, got {v}"),
+                )),
+            }
+        };
+
         let mut ids = HashSet::new();
         let mut streams = Vec::with_capacity(self.streams.len());
         for (i, s) in self.streams.iter().enumerate() {
@@ -842,6 +1030,10 @@ impl RawConfig {
                     o.and_then(|o| o.keyframe_timeout_secs)
                         .unwrap_or(self.sampling.keyframe_timeout_secs),
                 ),
+                classify: classify_rate(
+                    o.and_then(|o| o.classify_fps),
+                    format!("streams[{i}].sampling.classify_fps"),
+                )?,
             };
             if !(sampling.rate.is_finite() && sampling.rate > 0.0 && sampling.rate <= 240.0) {
                 return Err(err(
@@ -1200,6 +1392,7 @@ impl RawConfig {
                 mode: self.sampling.mode,
                 rate: self.sampling.rate,
                 keyframe_timeout: secs(self.sampling.keyframe_timeout_secs),
+                classify: classifier.as_ref().map(|c| c.fps),
             },
             max_streams,
             api_tokens,
@@ -1223,7 +1416,114 @@ impl RawConfig {
             source: self.source,
             pipeline: self.pipeline,
             hash: self.hash,
+            classifier,
         })
+    }
+}
+
+impl ClassifierConfig {
+    /// Checks `[classifier]`; `None` when no model is configured.
+    fn validate(
+        &self,
+        base: &Path,
+        err: &dyn Fn(Option<std::ops::Range<usize>>, String, String) -> ConfigError,
+    ) -> Result<Option<ClassifierSpec>, ConfigError> {
+        if self.models.is_empty() {
+            return Ok(None);
+        }
+        let f = |k: &str| format!("classifier.{k}");
+        if !(self.fps.is_finite() && self.fps > 0.0 && self.fps <= 240.0) {
+            return Err(err(
+                None,
+                f("fps"),
+                format!("must be in (0, 240] frames per second, got {}", self.fps),
+            ));
+        }
+        if self.providers.is_empty() {
+            return Err(err(
+                None,
+                f("providers"),
+                "name at least one: \"cpu\", \"cuda\" or \"tensorrt\"".into(),
+            ));
+        }
+        for (v, k, max) in [
+            (self.workers, "workers", 64),
+            (self.max_batch, "max_batch", 1024),
+            (self.queue, "queue", 1 << 20),
+        ] {
+            if v == 0 || v > max {
+                return Err(err(None, f(k), format!("must be 1 to {max}, got {v}")));
+            }
+        }
+        if self.max_wait_ms > 10_000 {
+            return Err(err(
+                None,
+                f("max_wait_ms"),
+                "must be at most 10000 ms".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut models = Vec::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let field = |k: &str| format!("classifier.models[{i}].{k}");
+            let name = m.name.get_ref();
+            if !names.insert(name.clone()) {
+                return Err(err(
+                    Some(m.name.span()),
+                    field("name"),
+                    format!("model {name:?} is listed twice"),
+                ));
+            }
+            if m.window_frames == 0 || m.window_frames > 1000 {
+                return Err(err(
+                    Some(m.name.span()),
+                    field("window_frames"),
+                    "must be 1 to 1000 frames".into(),
+                ));
+            }
+            if m.min_frames == 0 || m.min_frames > m.window_frames {
+                return Err(err(
+                    Some(m.name.span()),
+                    field("min_frames"),
+                    format!("must be 1 to window_frames ({})", m.window_frames),
+                ));
+            }
+            if let Some((label, t)) = m.thresholds.iter().find(|(_, t)| !(0.0..=1.0).contains(*t)) {
+                return Err(err(
+                    Some(m.name.span()),
+                    field("thresholds"),
+                    format!("threshold {t} for {label:?} is outside 0..=1"),
+                ));
+            }
+            models.push(ModelSpec {
+                name: name.clone(),
+                shadow: m.shadow,
+                thresholds: m.thresholds.clone(),
+                rule: m.rule,
+                window_frames: m.window_frames,
+                min_frames: m.min_frames,
+                severity: m.severity,
+                action: m.action,
+                store_evidence: m.store_evidence,
+            });
+        }
+        Ok(Some(ClassifierSpec {
+            models_dir: base.join(&self.models_dir),
+            onnxruntime: self.onnxruntime.as_ref().map(|p| base.join(p)),
+            providers: self.providers.clone(),
+            allow_cpu_fallback: self.allow_cpu_fallback,
+            device_id: self.device_id,
+            preprocess: self.preprocess,
+            adapter: self.adapter.clone(),
+            allow_software: self.allow_software,
+            workers: self.workers,
+            max_batch: self.max_batch,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            intra_threads: self.intra_threads,
+            fps: self.fps,
+            queue: self.queue,
+            models,
+        }))
     }
 }
 

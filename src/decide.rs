@@ -41,6 +41,72 @@ pub struct Detection {
     pub frame: Option<Arc<Frame>>,
 }
 
+/// A model's scores for one sampled frame.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub stream: StreamKey,
+    pub stream_id: Arc<str>,
+    pub model: Arc<ModelPolicy>,
+    /// One per label of the model, in the manifest's order.
+    pub scores: Vec<f32>,
+    pub pts_us: Option<i64>,
+    pub arrival: Instant,
+    /// The decoded picture, for the evidence thumbnail (models with `store_evidence`).
+    pub frame: Option<Arc<Frame>>,
+}
+
+/// How one model's scores turn into incidents (from its manifest and `[[classifier.models]]`).
+#[derive(Debug, Clone)]
+pub struct ModelPolicy {
+    pub name: Arc<str>,
+    /// Identifies the model file (its sha256, shortened), like a bank's version.
+    pub version: String,
+    pub labels: Vec<String>,
+    /// Violence labels: column and threshold.
+    pub thresholds: Vec<(usize, f32)>,
+    pub rule: crate::config::WindowRule,
+    pub window_frames: usize,
+    pub min_frames: usize,
+    pub severity: Severity,
+    pub action: Action,
+    pub store_evidence: bool,
+    pub shadow: bool,
+}
+
+/// What reaches the decision stage.
+#[derive(Debug, Clone)]
+pub enum Finding {
+    Hashes(Detection),
+    Scores(Scored),
+}
+
+/// A would-be incident of a model in shadow mode: recorded and counted, never sent.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ShadowAlert {
+    pub stream: String,
+    pub at: String,
+    pub evidence: Evidence,
+}
+
+/// The frame a piece of evidence comes from.
+struct Seen<'a> {
+    stream_id: &'a Arc<str>,
+    pts_us: Option<i64>,
+    arrival: Instant,
+    frame: &'a Option<Arc<Frame>>,
+}
+
+impl<'a> From<&'a Detection> for Seen<'a> {
+    fn from(d: &'a Detection) -> Self {
+        Seen {
+            stream_id: &d.stream_id,
+            pts_us: d.pts_us,
+            arrival: d.arrival,
+            frame: &d.frame,
+        }
+    }
+}
+
 /// Why an incident was opened.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -197,6 +263,22 @@ pub enum Evidence {
         frame_hash: String,
         quality: u8,
     },
+    /// A model's scores for a violence label crossed its threshold over the stream's window.
+    Classifier {
+        model: String,
+        model_version: String,
+        label: String,
+        /// The label's score on the latest frame.
+        score: f32,
+        threshold: f32,
+        /// `k_of_n` or `mean`.
+        rule: crate::config::WindowRule,
+        /// Scored frames in the window, those at or above the threshold, and their mean score.
+        window_frames: usize,
+        frames_above: usize,
+        mean_score: f32,
+        min_frames: usize,
+    },
 }
 
 /// One banked item that matched during an incident.
@@ -298,7 +380,19 @@ pub struct Decider {
     windows: HashMap<Arc<str>, Window>,
     /// Frames older than this leave every window.
     max_window: Duration,
+    /// The latest scores of each stream and model, newest last.
+    scores: HashMap<(Arc<str>, Arc<str>), std::collections::VecDeque<Vec<f32>>>,
+    /// Shadow models: when each stream's would-be incident last had evidence.
+    shadow_seen: HashMap<(Arc<str>, Arc<str>), Instant>,
+    /// The latest would-be incidents of shadow models.
+    pub shadow_log: ShadowLog,
 }
+
+/// Shared with the API.
+pub type ShadowLog = Arc<parking_lot::Mutex<std::collections::VecDeque<ShadowAlert>>>;
+
+/// Would-be incidents of shadow models kept for the API.
+pub const SHADOW_LOG: usize = 100;
 
 /// One banked item as evidence points at it.
 struct ItemRef<'a> {
@@ -333,6 +427,9 @@ impl Decider {
             cooling: HashMap::new(),
             windows: HashMap::new(),
             max_window: Duration::from_secs(10),
+            scores: HashMap::new(),
+            shadow_seen: HashMap::new(),
+            shadow_log: ShadowLog::default(),
         }
     }
 
@@ -344,6 +441,7 @@ impl Decider {
     /// Forgets a stream's video window (it was removed or restarted).
     pub fn forget_stream(&mut self, stream: &str) {
         self.windows.remove(stream);
+        self.scores.retain(|(s, _), _| &**s != stream);
     }
 
     /// Sets the metadata the platform attached to a stream (carried by its incidents).
@@ -403,7 +501,7 @@ impl Decider {
                 action: m.action,
                 store_evidence: m.store_evidence,
             };
-            out.extend(self.apply(d, Reason::HashMatch, evidence, item, now, thumbnail));
+            out.extend(self.apply(&d.into(), Reason::HashMatch, evidence, item, now, thumbnail));
         }
         if let Some(hits) = &d.video {
             out.extend(self.video(d, hits, now, thumbnail));
@@ -480,7 +578,118 @@ impl Decider {
                 action: hit.action,
                 store_evidence: hit.store_evidence,
             };
-            out.extend(self.apply(d, Reason::VideoMatch, evidence, item, now, thumbnail));
+            out.extend(self.apply(
+                &d.into(),
+                Reason::VideoMatch,
+                evidence,
+                item,
+                now,
+                thumbnail,
+            ));
+        }
+        out
+    }
+
+    /// Applies a model's scores for one frame: the stream's window of the model's last
+    /// `window_frames` scores decides, per violence label, whether the frame is evidence.
+    /// Shadow models record and count what would have opened, and send nothing.
+    pub fn classify(
+        &mut self,
+        s: &Scored,
+        now: Instant,
+        thumbnail: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>,
+    ) -> Vec<Outgoing> {
+        let p = &s.model;
+        let key = (s.stream_id.clone(), p.name.clone());
+        let window = self.scores.entry(key.clone()).or_default();
+        window.push_back(s.scores.clone());
+        while window.len() > p.window_frames {
+            window.pop_front();
+        }
+        // the label that fired with the highest latest score
+        let mut fired: Option<Evidence> = None;
+        let mut best = f32::MIN;
+        for &(col, threshold) in &p.thresholds {
+            let n = window.len();
+            let above = window.iter().filter(|w| w[col] >= threshold).count();
+            let mean = window.iter().map(|w| w[col]).sum::<f32>() / n as f32;
+            let hit = match p.rule {
+                crate::config::WindowRule::KOfN => above >= p.min_frames,
+                crate::config::WindowRule::Mean => n >= p.min_frames && mean >= threshold,
+            };
+            let score = s.scores[col];
+            if hit && score > best {
+                best = score;
+                fired = Some(Evidence::Classifier {
+                    model: p.name.to_string(),
+                    model_version: p.version.clone(),
+                    label: p.labels[col].clone(),
+                    score,
+                    threshold,
+                    rule: p.rule,
+                    window_frames: n,
+                    frames_above: above,
+                    mean_score: mean,
+                    min_frames: p.min_frames,
+                });
+            }
+        }
+        let Some(evidence) = fired else {
+            return Vec::new();
+        };
+        let Evidence::Classifier { label, .. } = &evidence else {
+            unreachable!("built above")
+        };
+        let label = label.clone();
+        if p.shadow {
+            let quiet = self
+                .shadow_seen
+                .insert(key, now)
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.policy.resolve_after);
+            if quiet {
+                metrics()
+                    .classifier_triggers
+                    .with_label_values(&[&*p.name, label.as_str(), "shadow"])
+                    .inc();
+                tracing::info!(stream = %s.stream_id, model = %p.name, label = %label, "shadow model would open an incident");
+                let mut log = self.shadow_log.lock();
+                if log.len() >= SHADOW_LOG {
+                    log.pop_front();
+                }
+                log.push_back(ShadowAlert {
+                    stream: s.stream_id.to_string(),
+                    at: rfc3339(wall(now, s.arrival)),
+                    evidence,
+                });
+            }
+            return Vec::new();
+        }
+        let item = ItemRef {
+            bank: &p.name,
+            bank_version: &p.version,
+            item: &label,
+            distance: 0,
+            severity: p.severity,
+            action: p.action,
+            store_evidence: p.store_evidence,
+        };
+        let seen = Seen {
+            stream_id: &s.stream_id,
+            pts_us: s.pts_us,
+            arrival: s.arrival,
+            frame: &s.frame,
+        };
+        let out: Vec<Outgoing> = self
+            .apply(&seen, Reason::Classifier, evidence, item, now, thumbnail)
+            .into_iter()
+            .collect();
+        for o in &out {
+            if o.kind == EventKind::Opened {
+                metrics()
+                    .classifier_triggers
+                    .with_label_values(&[&*p.name, label.as_str(), "enforce"])
+                    .inc();
+            }
         }
         out
     }
@@ -488,7 +697,7 @@ impl Decider {
     /// Opens or updates the incident of `d`'s stream for `reason` with one piece of evidence.
     fn apply(
         &mut self,
-        d: &Detection,
+        d: &Seen<'_>,
         reason: Reason,
         evidence: Evidence,
         found: ItemRef<'_>,
@@ -503,7 +712,7 @@ impl Decider {
         };
         let want_thumb =
             |inc: &Incident, t: &mut dyn FnMut(&str, &Arc<Frame>) -> Option<String>| match (
-                &d.frame,
+                d.frame,
                 inc.thumbnail.is_none() && found.store_evidence,
             ) {
                 (Some(f), true) => t(&inc.incident_id, f),
@@ -545,7 +754,7 @@ impl Decider {
                 id: d.stream_id.to_string(),
                 metadata: self
                     .metadata
-                    .get(&*d.stream_id)
+                    .get(&**d.stream_id)
                     .cloned()
                     .unwrap_or_default(),
             },

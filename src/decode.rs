@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 use tracing::{debug, warn};
 
 use crate::metrics::{drop_reason, metrics, stage};
-use crate::source::{AccessUnit, CodecConfig, DecodeMsg, Selection};
+use crate::source::{AccessUnit, CodecConfig, DecodeMsg, HashPick, Selection};
 use crate::stream::{StreamKey, StreamStatus};
 
 /// A sampled, decoded picture: its luma plane, tightly packed.
@@ -29,8 +29,51 @@ pub struct Frame {
     pub luma: Vec<u8>,
     /// Luma uses 0..=255 already (JPEG range) rather than 16..=235.
     pub full_range: bool,
-    /// The 4:2:0 chroma planes, when the picture has them: only evidence thumbnails use them.
+    /// The 4:2:0 chroma planes, when the picture has them: evidence thumbnails and the
+    /// classifier use them.
     pub chroma: Option<Chroma>,
+    /// The YUV → RGB matrix the stream signals (guessed from the size when it says nothing).
+    pub matrix: crate::classify::preprocess::Matrix,
+}
+
+impl Frame {
+    /// The picture as the classifier's pre-processing takes it.
+    pub fn picture(&self) -> crate::classify::preprocess::Picture<'_> {
+        use crate::classify::preprocess::{Picture, Yuv420};
+        match &self.chroma {
+            Some(c) => Picture::Yuv420(Yuv420 {
+                y: &self.luma,
+                y_stride: self.width,
+                u: &c.u,
+                v: &c.v,
+                c_stride: c.width,
+                width: self.width,
+                height: self.height,
+                full_range: self.full_range,
+                matrix: self.matrix,
+            }),
+            None => Picture::Gray {
+                y: &self.luma,
+                stride: self.width,
+                width: self.width,
+                height: self.height,
+                full_range: self.full_range,
+            },
+        }
+    }
+}
+
+/// The matrix a picture signals; unspecified: BT.709 from 720 lines up, BT.601 below (what
+/// encoders assume for HD and SD).
+fn matrix_of(picture: &ff::frame::Video) -> crate::classify::preprocess::Matrix {
+    use crate::classify::preprocess::Matrix;
+    use ff::color::Space;
+    match picture.color_space() {
+        Space::BT709 => Matrix::Bt709,
+        Space::BT470BG | Space::SMPTE170M | Space::FCC | Space::SMPTE240M => Matrix::Bt601,
+        _ if picture.height() >= 720 => Matrix::Bt709,
+        _ => Matrix::Bt601,
+    }
 }
 
 /// Quarter-size U and V planes of a 4:2:0 picture, tightly packed.
@@ -59,7 +102,7 @@ fn extract_chroma(picture: &ff::frame::Video) -> Option<Chroma> {
     })
 }
 
-/// Bounded queue of decoded frames. When full, the oldest frame *of the same stream* is
+/// Bounded queue of decoded frames (one feeds hashing, one the classifier). When full, the oldest frame *of the same stream* is
 /// dropped (or the oldest overall if that stream has none queued): for live video the newest
 /// picture is the one worth analysing, and one busy stream must not starve the others.
 pub struct FrameQueue {
@@ -69,7 +112,7 @@ pub struct FrameQueue {
 }
 
 struct QueueInner {
-    frames: VecDeque<Frame>,
+    frames: VecDeque<Arc<Frame>>,
     closed: bool,
 }
 
@@ -86,7 +129,7 @@ impl FrameQueue {
     }
 
     /// Adds a frame; returns the stream of a frame dropped to make room, if any.
-    pub fn push(&self, frame: Frame) -> Option<StreamKey> {
+    pub fn push(&self, frame: Arc<Frame>) -> Option<StreamKey> {
         let mut g = self.inner.lock();
         let mut dropped = None;
         if g.frames.len() >= self.capacity {
@@ -104,7 +147,7 @@ impl FrameQueue {
     }
 
     /// Takes up to `max` frames, waiting up to `wait` for the first. Empty when closed.
-    pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<Frame> {
+    pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<Arc<Frame>> {
         let mut g = self.inner.lock();
         if g.frames.is_empty() && !g.closed {
             self.ready.wait_for(&mut g, wait);
@@ -144,6 +187,7 @@ struct StreamDecoder {
     /// Arrival instants of units sent, by pts, to date the pictures that come out.
     arrivals: VecDeque<(Option<i64>, Instant)>,
     next_due_us: Option<i64>,
+    next_classify_us: Option<i64>,
     scaler: Option<(ff::format::Pixel, u32, u32, ff::software::scaling::Context)>,
 }
 
@@ -173,12 +217,33 @@ fn open_decoder(config: &CodecConfig, low_delay: bool) -> Result<ff::decoder::Vi
     ctx.decoder().video()
 }
 
+/// Where decoded frames go: hashing, and the classifier when one runs.
+#[derive(Clone)]
+pub struct Outputs {
+    pub hash: Arc<FrameQueue>,
+    pub classify: Option<Arc<FrameQueue>>,
+}
+
+/// Whether a picture is due under a rate: at most `rate` per second of stream time. A jump
+/// of more than 10 periods (a seek, a new clock) starts over.
+fn due(next: &mut Option<i64>, pts: Option<i64>, rate: f64) -> bool {
+    let Some(p) = pts else { return true };
+    let period = (1_000_000.0 / rate) as i64;
+    match *next {
+        Some(due) if p < due && due - p <= 10 * period => false,
+        _ => {
+            *next = Some(p + period);
+            true
+        }
+    }
+}
+
 /// Spawns `threads` decoder threads; returns their input channels.
 pub fn spawn_decoders(
     threads: usize,
     queue: usize,
     statuses: Arc<crate::manager::Registry>,
-    out: Arc<FrameQueue>,
+    out: Outputs,
     health: &crate::health::Heartbeats,
 ) -> Vec<(Sender<DecodeMsg>, std::thread::JoinHandle<()>)> {
     (0..threads)
@@ -198,7 +263,7 @@ pub fn spawn_decoders(
 fn decode_thread(
     rx: Receiver<DecodeMsg>,
     statuses: Arc<crate::manager::Registry>,
-    out: Arc<FrameQueue>,
+    out: Outputs,
     beat: crate::health::Beat,
 ) {
     let mut decoders: HashMap<StreamKey, StreamDecoder> = HashMap::new();
@@ -234,11 +299,11 @@ fn decode_unit(
     au: AccessUnit,
     selection: Selection,
     status: &StreamStatus,
-    out: &FrameQueue,
+    out: &Outputs,
     picture: &mut ff::frame::Video,
 ) {
     let key = au.stream;
-    let low_delay = selection == Selection::Every;
+    let low_delay = selection.low_delay();
     let stale = decoders
         .get(&key)
         .is_none_or(|d| au.discontinuity || *d.config != *au.codec || d.low_delay != low_delay);
@@ -254,6 +319,7 @@ fn decode_unit(
                         decoder,
                         arrivals: VecDeque::new(),
                         next_due_us: None,
+                        next_classify_us: None,
                         scaler: None,
                     },
                 );
@@ -287,13 +353,22 @@ fn decode_unit(
             .frames_decoded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pts = picture.pts();
-        if let Selection::Rate(rate) = selection {
-            if let Some(p) = pts {
-                let period = (1_000_000.0 / rate) as i64;
-                match d.next_due_us {
-                    Some(due) if p < due && due - p <= 10 * period => continue,
-                    _ => d.next_due_us = Some(p + period),
-                }
+        let hash = match selection.hash {
+            HashPick::Every => true,
+            HashPick::Keyframes => picture.is_key(),
+            HashPick::Rate(rate) => due(&mut d.next_due_us, pts, rate),
+        };
+        let classify = match (&out.classify, selection.classify) {
+            (Some(_), Some(rate)) => due(&mut d.next_classify_us, pts, rate),
+            _ => false,
+        };
+        if !hash {
+            if selection.hash == HashPick::Keyframes {
+                // decoded only because the classifier samples between keyframes
+                metrics().classifier_extra_decoded.inc();
+            }
+            if !classify {
+                continue;
             }
         }
         let arrival = d
@@ -303,31 +378,42 @@ fn decode_unit(
             .or(d.arrivals.back())
             .map(|(_, a)| *a)
             .unwrap_or(au.arrival);
-        match extract_luma(picture, &mut d.scaler) {
-            Some((luma, full_range)) => {
-                let frame = Frame {
-                    stream: key,
-                    pts_us: pts,
-                    arrival,
-                    width: picture.width() as usize,
-                    height: picture.height() as usize,
-                    luma,
-                    full_range,
-                    chroma: extract_chroma(picture),
-                };
-                if let Some(victim) = out.push(frame) {
-                    metrics()
+        let Some((luma, full_range)) = extract_luma(picture, &mut d.scaler) else {
+            count_drop(status);
+            continue;
+        };
+        let frame = Arc::new(Frame {
+            stream: key,
+            pts_us: pts,
+            arrival,
+            width: picture.width() as usize,
+            height: picture.height() as usize,
+            luma,
+            full_range,
+            chroma: extract_chroma(picture),
+            matrix: matrix_of(picture),
+        });
+        if classify {
+            let q = out.classify.as_ref().expect("checked above");
+            if q.push(frame.clone()).is_some() {
+                metrics()
+                    .frames_dropped
+                    .with_label_values(&[drop_reason::CLASSIFY_QUEUE_FULL])
+                    .inc();
+            }
+        }
+        if hash {
+            if let Some(victim) = out.hash.push(frame) {
+                metrics()
+                    .frames_dropped
+                    .with_label_values(&[drop_reason::HASH_QUEUE_FULL])
+                    .inc();
+                if victim == key {
+                    status
                         .frames_dropped
-                        .with_label_values(&[drop_reason::HASH_QUEUE_FULL])
-                        .inc();
-                    if victim == key {
-                        status
-                            .frames_dropped
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            None => count_drop(status),
         }
     }
 }
@@ -405,8 +491,8 @@ fn copy_plane(picture: &ff::frame::Video, plane: usize, w: usize, h: usize) -> V
 mod tests {
     use super::*;
 
-    fn frame(stream: StreamKey, tag: u8) -> Frame {
-        Frame {
+    fn frame(stream: StreamKey, tag: u8) -> Arc<Frame> {
+        Arc::new(Frame {
             stream,
             pts_us: Some(tag as i64),
             arrival: Instant::now(),
@@ -415,7 +501,8 @@ mod tests {
             luma: vec![tag],
             full_range: true,
             chroma: None,
-        }
+            matrix: crate::classify::preprocess::Matrix::Bt601,
+        })
     }
 
     #[test]
@@ -774,4 +861,99 @@ mod vpdq_rules {
         // an exact tie rounds to even, as C++ iostreams do
         assert!(vpdq_line(&line(1, 16.0)).ends_with(",0.062"));
     }
+}
+
+/// Decodes the first video stream of a file and calls `each(frame_number, timestamp, frame)`
+/// for every sampled frame: one every `seconds_per_frame` (0: every frame), numbered and dated
+/// as [`hash_video_file_with`] does. Pictures come as 4:2:0 (other formats are converted).
+pub fn for_each_video_frame(
+    path: &std::path::Path,
+    seconds_per_frame: f64,
+    mut each: impl FnMut(u64, f64, Frame) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use ff::format::Pixel;
+    crate::init_media();
+    let mut input =
+        ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let stream = input
+        .streams()
+        .find(|s| s.parameters().medium() == ff::media::Type::Video)
+        .with_context(|| format!("{}: no video stream", path.display()))?;
+    let index = stream.index();
+    let fps = vpdq_frame_rate(stream.avg_frame_rate(), stream.rate())
+        .with_context(|| format!("{}: the video's frame rate is unknown", path.display()))?;
+    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
+    let mut decoder = ctx
+        .decoder()
+        .video()
+        .with_context(|| format!("{}: cannot decode its video", path.display()))?;
+    let every = vpdq_frame_interval(seconds_per_frame, fps);
+    let mut frame_number = 0u64;
+    let mut picture = ff::frame::Video::empty();
+    let mut converted = ff::frame::Video::empty();
+    let mut scaler: Option<ff::software::scaling::Context> = None;
+    let mut drain = |decoder: &mut ff::decoder::Video| -> anyhow::Result<()> {
+        while decoder.receive_frame(&mut picture).is_ok() {
+            let n = frame_number;
+            frame_number += 1;
+            if n % every != 0 {
+                continue;
+            }
+            let full_range = picture.color_range() == ff::color::Range::JPEG
+                || matches!(picture.format(), Pixel::YUVJ420P);
+            let src = if matches!(picture.format(), Pixel::YUV420P | Pixel::YUVJ420P) {
+                &picture
+            } else {
+                let (w, h) = (picture.width(), picture.height());
+                let fresh = scaler.as_ref().is_none_or(|s| {
+                    s.input().format != picture.format()
+                        || s.input().width != w
+                        || s.input().height != h
+                });
+                if fresh {
+                    scaler = Some(ff::software::scaling::Context::get(
+                        picture.format(),
+                        w,
+                        h,
+                        Pixel::YUV420P,
+                        w,
+                        h,
+                        ff::software::scaling::Flags::BICUBIC
+                            | ff::software::scaling::Flags::ACCURATE_RND,
+                    )?);
+                }
+                scaler
+                    .as_mut()
+                    .expect("made above")
+                    .run(&picture, &mut converted)?;
+                &converted
+            };
+            let (w, h) = (src.width() as usize, src.height() as usize);
+            let frame = Frame {
+                stream: 0,
+                pts_us: None,
+                arrival: Instant::now(),
+                width: w,
+                height: h,
+                luma: copy_plane(src, 0, w, h),
+                // swscale's YUV output keeps limited range for non-JPEG input
+                full_range: full_range && std::ptr::eq(src, &picture),
+                chroma: extract_chroma(src),
+                matrix: matrix_of(&picture),
+            };
+            each(n, vpdq_timestamp(n, fps), frame)?;
+        }
+        Ok(())
+    };
+    for (s, packet) in input.packets() {
+        if s.index() != index {
+            continue;
+        }
+        if decoder.send_packet(&packet).is_ok() {
+            drain(&mut decoder)?;
+        }
+    }
+    decoder.send_eof()?;
+    drain(&mut decoder)
 }

@@ -8,6 +8,7 @@
 pub mod alert;
 pub mod api;
 pub mod bank;
+pub mod classify;
 pub mod config;
 pub mod decide;
 pub mod decode;
@@ -34,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::bank::Banks;
 use crate::config::Config;
-use crate::decide::Detection;
+use crate::decide::{Detection, Finding};
 use crate::decode::FrameQueue;
 use crate::hash::PdqHasher;
 use crate::metrics::{metrics, stage};
@@ -90,18 +91,32 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     let health = Arc::new(health::Heartbeats::default());
 
     // The outbox first: a state directory that cannot be used stops the start here.
-    let (det_tx, det_rx) = crossbeam_channel::bounded::<Detection>(1024);
+    let (det_tx, det_rx) = crossbeam_channel::bounded::<Finding>(1024);
     let alerts = alert::AlertService::start(&config, det_rx, &health)?;
 
     let frames = Arc::new(FrameQueue::new(config.pipeline.frame_queue));
+    let registry = Arc::new(manager::Registry::default());
+    // models load (and are checked) before any stream starts
+    let classifier = match &config.classifier {
+        Some(spec) => Some(classify::service::Classifier::start(
+            spec,
+            &config.state_dir,
+            registry.clone(),
+            det_tx.clone(),
+            &health,
+        )?),
+        None => None,
+    };
     let registry_decoders;
     let manager = {
-        let registry = Arc::new(manager::Registry::default());
         let decoders = decode::spawn_decoders(
             decode_threads,
             config.pipeline.decode_queue,
             registry.clone(),
-            frames.clone(),
+            decode::Outputs {
+                hash: frames.clone(),
+                classify: classifier.as_ref().map(|c| c.queue.clone()),
+            },
             &health,
         );
         let (txs, handles): (Vec<_>, Vec<_>) = decoders.into_iter().unzip();
@@ -199,6 +214,10 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             hash_backend: backend.clone(),
             decode_threads,
             hash_threads,
+            classifier: classifier.as_ref().map(|c| api::ClassifierStatus {
+                onnxruntime: c.runtime.display().to_string(),
+                models: c.models.clone(),
+            }),
         }),
         frames: frames.clone(),
     };
@@ -237,8 +256,14 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
             let _ = h.join();
         }
         frames_done.close();
+        if let Some(c) = &classifier {
+            c.queue.close();
+        }
         for h in hashers {
             let _ = h.join();
+        }
+        if let Some(c) = classifier {
+            c.join();
         }
     });
     if tokio::time::timeout(Duration::from_secs(10), joined)
@@ -431,7 +456,7 @@ fn hash_thread(
     banks: &ArcSwap<Banks>,
     registry: &manager::Registry,
     min_quality: u8,
-    tx: &crossbeam_channel::Sender<Detection>,
+    tx: &crossbeam_channel::Sender<Finding>,
     beat: &health::Beat,
 ) {
     let m = metrics();
@@ -529,9 +554,9 @@ fn hash_thread(
                 video,
                 frame_hash: hash,
                 quality: h.quality,
-                frame: store.then(|| Arc::new(f)),
+                frame: store.then(|| f.clone()),
             };
-            if tx.send(d).is_err() {
+            if tx.send(Finding::Hashes(d)).is_err() {
                 return;
             }
         }

@@ -82,13 +82,27 @@ enum Command {
     Adapters,
     /// Match images and videos against bank files as the live pipeline would, printing one
     /// JSON line per event: `{"type":"match",...}` per matching frame, `{"type":"video_match",
-    /// ...}` when the vPDQ window rule holds for a banked video, `{"type":"error",...}` for a
-    /// file that cannot be read (the others are still scanned; exit status 1).
+    /// ...}` when the vPDQ window rule holds for a banked video, `{"type":"scores",...}` per
+    /// sampled frame and classifier model, `{"type":"error",...}` for a file that cannot be
+    /// read (the others are still scanned; exit status 1).
     Scan {
         /// A bank: PDQ lines, a CSV export, a vPDQ file, or a folder of vPDQ files (one per
         /// video item); repeat for several.
-        #[arg(long = "bank", required = true)]
+        #[arg(long = "bank", required_unless_present = "models")]
         banks: Vec<PathBuf>,
+        /// A classifier model (its manifest's name in --models-dir): prints
+        /// `{"type":"scores",...}` per sampled frame; repeat for several.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Folder of model manifests.
+        #[arg(long, default_value = "models")]
+        models_dir: PathBuf,
+        /// ONNX Runtime's library (default: $ORT_DYLIB_PATH, then the project's Python environment).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        /// Execution provider: cpu, cuda or tensorrt.
+        #[arg(long, default_value = "cpu")]
+        provider: String,
         /// Sample videos at this many frames per second (default: every frame).
         #[arg(long)]
         fps: Option<f64>,
@@ -211,6 +225,10 @@ fn main() -> ExitCode {
         }
         Command::Scan {
             banks,
+            models,
+            models_dir,
+            onnxruntime,
+            provider,
             fps,
             distance,
             min_quality,
@@ -229,8 +247,22 @@ fn main() -> ExitCode {
                 eprintln!("error: --fps must be in (0, 240], --distance at most 256, --window-secs 1 to 3600, --min-percent in (0, 100], --min-frames at least 1");
                 return ExitCode::from(2);
             }
+            let provider: livewatch::classify::runtime::ProviderKind =
+                match serde_json::from_value(serde_json::Value::String(provider.clone())) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        eprintln!(
+                            "error: --provider must be cpu, cuda or tensorrt, got {provider:?}"
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
             let opts = livewatch::scan::ScanOptions {
                 banks,
+                models,
+                models_dir,
+                onnxruntime,
+                providers: vec![provider],
                 fps,
                 distance,
                 min_quality,

@@ -78,6 +78,9 @@ pub struct StreamRequest {
 pub struct SamplingRequest {
     pub mode: Option<SamplingMode>,
     pub rate: Option<f64>,
+    /// Frames per second for the classifier (when one is configured); 0 leaves the stream out.
+    #[serde(default)]
+    pub classify_fps: Option<f64>,
 }
 
 /// A stream as the API lists it.
@@ -254,6 +257,23 @@ impl Manager {
         if let Some(o) = req.sampling {
             sampling.mode = o.mode.unwrap_or(sampling.mode);
             sampling.rate = o.rate.unwrap_or(sampling.rate);
+            match o.classify_fps {
+                Some(v) if v == 0.0 => sampling.classify = None,
+                Some(v) if sampling.classify.is_some() => {
+                    if !(v.is_finite() && v > 0.0 && v <= 240.0) {
+                        return Err(StreamError::Invalid(
+                            "sampling.classify_fps: must be 0 (off) or in (0, 240]".into(),
+                        ));
+                    }
+                    sampling.classify = Some(v);
+                }
+                Some(_) => {
+                    return Err(StreamError::Invalid(
+                        "sampling.classify_fps: no classifier model is configured".into(),
+                    ))
+                }
+                None => {}
+            }
         }
         if !(sampling.rate.is_finite() && sampling.rate > 0.0 && sampling.rate <= 240.0) {
             return Err(StreamError::Invalid(

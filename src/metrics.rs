@@ -43,6 +43,15 @@ pub struct Metrics {
     pub stage_seconds: HistogramVec,
     pub alert_latency: Histogram,
     pub detection_delay: Histogram,
+    pub classifier_extra_decoded: IntCounter,
+    pub classifier_info: IntGaugeVec,
+    pub classifier_frames: IntCounterVec,
+    pub classifier_errors: IntCounterVec,
+    pub classifier_batch: Histogram,
+    pub classifier_seconds: HistogramVec,
+    pub classifier_score: HistogramVec,
+    pub classifier_triggers: IntCounterVec,
+    pub classifier_queue: IntGauge,
 }
 
 /// Frame drop reasons (the only values of `livewatch_frames_dropped_total{reason}`).
@@ -53,6 +62,9 @@ pub mod drop_reason {
     pub const AWAITING_KEYFRAME: &str = "awaiting_keyframe";
     /// The hashing queue was full: the stream's oldest decoded frame was dropped.
     pub const HASH_QUEUE_FULL: &str = "hash_queue_full";
+    /// The classifier's queue was full: the stream's oldest frame waiting for it was dropped
+    /// (the frame may still have been hashed).
+    pub const CLASSIFY_QUEUE_FULL: &str = "classify_queue_full";
     /// The decoder rejected the data (corrupt or unsupported bitstream).
     pub const DECODE_ERROR: &str = "decode_error";
     /// Not needed by the stream's sampling policy (non-key frames in keyframes mode).
@@ -66,6 +78,21 @@ pub mod stage {
     pub const MATCH: &str = "match";
     pub const QUEUE: &str = "queue";
     pub const DELIVER: &str = "deliver";
+}
+
+/// Steps of the classifier (values of `livewatch_classifier_seconds{stage}`).
+pub mod classifier_stage {
+    /// Arrival of the frame's data to the start of its batch.
+    pub const QUEUE: &str = "queue";
+    /// Pre-processing of a batch (on the GPU: upload, kernels and readback together).
+    pub const PREPROCESS: &str = "preprocess";
+    /// GPU pre-processing: copying the planes to the GPU.
+    pub const UPLOAD: &str = "upload";
+    /// GPU pre-processing: copying the tensor back to the host.
+    pub const READBACK: &str = "readback";
+    /// ONNX Runtime's run of a batch.
+    pub const INFERENCE: &str = "inference";
+    pub const ALL: [&str; 5] = [QUEUE, PREPROCESS, UPLOAD, READBACK, INFERENCE];
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -267,12 +294,79 @@ impl Metrics {
                 r
             )
             .unwrap(),
+            classifier_extra_decoded: register_int_counter_with_registry!(
+                "livewatch_classifier_extra_decoded_total",
+                "Pictures decoded only because the classifier samples keyframes-mode streams between keyframes",
+                r
+            )
+            .unwrap(),
+            classifier_info: register_int_gauge_vec_with_registry!(
+                "livewatch_classifier_info",
+                "Models in use: the execution provider running each, its mode and where pre-processing runs",
+                &["model", "provider", "mode", "preprocess"],
+                r
+            )
+            .unwrap(),
+            classifier_frames: register_int_counter_vec_with_registry!(
+                "livewatch_classifier_frames_total",
+                "Frames scored by each model",
+                &["model"],
+                r
+            )
+            .unwrap(),
+            classifier_errors: register_int_counter_vec_with_registry!(
+                "livewatch_classifier_errors_total",
+                "Batches a model failed to score (their frames go unscored)",
+                &["model"],
+                r
+            )
+            .unwrap(),
+            classifier_batch: register_histogram_with_registry!(
+                "livewatch_classifier_batch_size",
+                "Frames per inference batch",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+                r
+            )
+            .unwrap(),
+            classifier_seconds: register_histogram_vec_with_registry!(
+                "livewatch_classifier_seconds",
+                "Time per batch in each classifier step (queue: per frame)",
+                &["stage"],
+                LATENCY_BUCKETS.to_vec(),
+                r
+            )
+            .unwrap(),
+            classifier_score: register_histogram_vec_with_registry!(
+                "livewatch_classifier_score",
+                "Scores of the violence labels, for choosing thresholds",
+                &["model", "label"],
+                vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+                r
+            )
+            .unwrap(),
+            classifier_triggers: register_int_counter_vec_with_registry!(
+                "livewatch_classifier_triggers_total",
+                "Classifier incidents opened (mode enforce) or that would have opened (mode shadow)",
+                &["model", "label", "mode"],
+                r
+            )
+            .unwrap(),
+            classifier_queue: register_int_gauge_with_registry!(
+                "livewatch_classifier_queue_frames",
+                "Frames waiting for the classifier",
+                r
+            )
+            .unwrap(),
             registry: r,
         };
+        for s in classifier_stage::ALL {
+            m.classifier_seconds.with_label_values(&[s]);
+        }
         for reason in [
             drop_reason::DECODE_QUEUE_FULL,
             drop_reason::AWAITING_KEYFRAME,
             drop_reason::HASH_QUEUE_FULL,
+            drop_reason::CLASSIFY_QUEUE_FULL,
             drop_reason::DECODE_ERROR,
             drop_reason::NOT_SAMPLED,
         ] {

@@ -23,6 +23,11 @@ use crate::hash::{Hash256, PdqHasher, Pixels};
 /// Settings of one `scan` run.
 pub struct ScanOptions {
     pub banks: Vec<PathBuf>,
+    /// Classifier models (manifest names) whose scores are printed per sampled frame.
+    pub models: Vec<String>,
+    pub models_dir: PathBuf,
+    pub onnxruntime: Option<PathBuf>,
+    pub providers: Vec<crate::classify::runtime::ProviderKind>,
     /// Frames per second to sample from videos; `None`: every frame.
     pub fps: Option<f64>,
     pub distance: u32,
@@ -93,6 +98,7 @@ fn load_banks(o: &ScanOptions) -> anyhow::Result<Banks> {
 /// (each is reported as a `{"type":"error"}` line; the others are still scanned).
 pub fn run(o: &ScanOptions, media: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<usize> {
     let banks = load_banks(o)?;
+    let mut models = load_models(o)?;
     let mut failed = 0;
     let mut hasher = PdqHasher::new();
     for m in media {
@@ -102,8 +108,14 @@ pub fn run(o: &ScanOptions, media: &[PathBuf], out: &mut dyn Write) -> anyhow::R
             .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
         let r = if is_image {
             scan_image(&banks, o, &mut hasher, m, out)
+                .and_then(|()| score_image(&mut models, m, out))
         } else {
-            scan_video(&banks, o, m, out)
+            (if o.banks.is_empty() {
+                Ok(())
+            } else {
+                scan_video(&banks, o, m, out)
+            })
+            .and_then(|()| score_video(&mut models, o, m, out))
         };
         if let Err(e) = r {
             failed += 1;
@@ -251,4 +263,121 @@ fn scan_video(
         }
     }
     Ok(())
+}
+
+/// A model as `scan` runs it: on the CPU twin of the pre-processing, one frame at a time.
+struct ScanModel {
+    model: crate::classify::model::Model,
+    prep: crate::classify::preprocess::Preprocessor,
+    tensor: Vec<f32>,
+    /// Clip models: the last frames, pre-processed.
+    clip: std::collections::VecDeque<Vec<f32>>,
+}
+
+fn load_models(o: &ScanOptions) -> anyhow::Result<Vec<ScanModel>> {
+    use crate::classify::{model, runtime};
+    if o.models.is_empty() {
+        return Ok(Vec::new());
+    }
+    runtime::init(o.onnxruntime.as_deref())?;
+    let opts = model::SessionOptions {
+        providers: o.providers.clone(),
+        allow_cpu_fallback: false,
+        intra_threads: 0,
+        device_id: 0,
+        trt_cache_dir: None,
+    };
+    o.models
+        .iter()
+        .map(|name| {
+            let manifest = model::find_manifest(&o.models_dir, name)?;
+            Ok(ScanModel {
+                prep: crate::classify::preprocess::Preprocessor::new(&manifest.input),
+                tensor: vec![0.0; manifest.input.frame_len()],
+                model: model::Model::load(&manifest, &opts)?,
+                clip: Default::default(),
+            })
+        })
+        .collect()
+}
+
+/// Scores one picture with every model, writing a `scores` line per model that has a result
+/// (a clip model once it has seen enough frames).
+fn score_picture(
+    models: &mut [ScanModel],
+    pic: &crate::classify::preprocess::Picture<'_>,
+    media: &Path,
+    frame: u64,
+    time: f64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::classify::manifest::Layout;
+    for sm in models.iter_mut() {
+        sm.prep.run(pic, &mut sm.tensor)?;
+        let input = &sm.model.manifest.input;
+        let row = if input.layout == Layout::Ncthw {
+            sm.clip.push_back(sm.tensor.clone());
+            while sm.clip.len() > input.clip_frames() {
+                sm.clip.pop_front();
+            }
+            if sm.clip.len() < input.clip_frames() {
+                continue;
+            }
+            let mut clip = Vec::with_capacity(input.frame_len() * input.clip_frames());
+            crate::classify::service::append_clip(
+                &mut clip,
+                &sm.clip,
+                input.width as usize * input.height as usize,
+            );
+            sm.model.run(&clip, 1)?
+        } else {
+            sm.model.run(&sm.tensor, 1)?
+        };
+        let labels = &sm.model.manifest.output.labels;
+        let scores: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .zip(&row[0])
+            .map(|(l, v)| (l.clone(), json!(v)))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "type": "scores", "media": media, "frame": frame, "time": time,
+                "model": sm.model.manifest.name, "scores": scores,
+            })
+        )?;
+    }
+    Ok(())
+}
+
+fn score_image(models: &mut [ScanModel], path: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    if models.is_empty() {
+        return Ok(());
+    }
+    let (rgb, width, height) = crate::hash::load_rgb(path)?;
+    let pic = crate::classify::preprocess::Picture::Rgb {
+        data: &rgb,
+        width,
+        height,
+    };
+    score_picture(models, &pic, path, 0, 0.0, out)
+}
+
+fn score_video(
+    models: &mut [ScanModel],
+    o: &ScanOptions,
+    path: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if models.is_empty() {
+        return Ok(());
+    }
+    for m in models.iter_mut() {
+        m.clip.clear();
+    }
+    let every = o.fps.map_or(0.0, |f| 1.0 / f);
+    crate::decode::for_each_video_frame(path, every, |n, t, frame| {
+        score_picture(models, &frame.picture(), path, n, seconds(t), out)
+    })
 }

@@ -68,6 +68,17 @@ struct Inner {
     rate_mark: Option<(Instant, u64, u64)>,
     fps_in: Option<f64>,
     fps_sampled: Option<f64>,
+    /// The latest scores of each classifier model: label → score.
+    scores: std::collections::BTreeMap<Arc<str>, ModelScores>,
+}
+
+/// A model's scores for a stream's latest classified frame.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelScores {
+    pub at: String,
+    pub pts_seconds: Option<f64>,
+    #[schema(value_type = Object)]
+    pub scores: std::collections::BTreeMap<String, f32>,
 }
 
 /// What the appliance knows about one stream right now.
@@ -82,6 +93,7 @@ pub struct StreamStatus {
     pub frames_received: AtomicU64,
     pub frames_decoded: AtomicU64,
     pub frames_hashed: AtomicU64,
+    pub frames_classified: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub reconnects: AtomicU64,
     pub matches: AtomicU64,
@@ -102,6 +114,8 @@ pub struct StreamReport {
     pub frames_received: u64,
     pub frames_decoded: u64,
     pub frames_hashed: u64,
+    /// Frames scored by the classifier (each model counts).
+    pub frames_classified: u64,
     pub frames_dropped: u64,
     pub reconnects: u64,
     pub matches: u64,
@@ -112,6 +126,9 @@ pub struct StreamReport {
     /// Frames hashed per second (the sampled rate), over the last few seconds.
     pub fps_sampled: Option<f64>,
     pub last_error: Option<StreamError>,
+    /// The latest classifier scores, per model.
+    #[schema(value_type = Object)]
+    pub classifier: std::collections::BTreeMap<String, ModelScores>,
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -142,10 +159,12 @@ impl StreamStatus {
                 rate_mark: None,
                 fps_in: None,
                 fps_sampled: None,
+                scores: Default::default(),
             }),
             frames_received: AtomicU64::new(0),
             frames_decoded: AtomicU64::new(0),
             frames_hashed: AtomicU64::new(0),
+            frames_classified: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             matches: AtomicU64::new(0),
@@ -218,6 +237,23 @@ impl StreamStatus {
         self.inner.lock().last_match_at = Some(SystemTime::now());
     }
 
+    /// Records a model's scores for the stream's latest classified frame.
+    pub fn set_scores(
+        &self,
+        model: &Arc<str>,
+        labels: &[String],
+        scores: &[f32],
+        pts_us: Option<i64>,
+    ) {
+        self.frames_classified.fetch_add(1, Ordering::Relaxed);
+        let entry = ModelScores {
+            at: rfc3339(SystemTime::now()),
+            pts_seconds: pts_us.map(|p| p as f64 / 1e6),
+            scores: labels.iter().cloned().zip(scores.iter().copied()).collect(),
+        };
+        self.inner.lock().scores.insert(model.clone(), entry);
+    }
+
     /// Measures the input and sampled frame rates since the previous call.
     pub fn update_rates(&self, now: Instant) {
         let (recv, hashed) = (
@@ -265,6 +301,7 @@ impl StreamStatus {
             frames_received: get(&self.frames_received),
             frames_decoded: get(&self.frames_decoded),
             frames_hashed: get(&self.frames_hashed),
+            frames_classified: get(&self.frames_classified),
             frames_dropped: get(&self.frames_dropped),
             reconnects: get(&self.reconnects),
             matches: get(&self.matches),
@@ -276,6 +313,11 @@ impl StreamStatus {
             fps_in: g.fps_in,
             fps_sampled: g.fps_sampled,
             last_error: g.last_error.clone(),
+            classifier: g
+                .scores
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
     }
 }

@@ -32,6 +32,15 @@ pub fn notify_reloading() {
     send(&states);
 }
 
+/// Asks systemd for more start-up time (TensorRT builds its engines on the first start, for
+/// minutes): each call extends the start timeout to `by` from now.
+pub fn extend_start_timeout(by: Duration, status: &str) {
+    send(&[
+        NotifyState::ExtendTimeoutUsec(by.as_micros().min(u32::MAX as u128) as u32),
+        NotifyState::Status(status),
+    ]);
+}
+
 pub fn notify_stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }

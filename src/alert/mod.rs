@@ -1,6 +1,6 @@
 //! Alerts: the decision thread, the durable outbox, evidence and webhook delivery.
 //!
-//! Detections arrive from the hash threads on a bounded channel. One thread runs the
+//! Findings arrive from the hash threads and the classifier on a bounded channel. One thread runs the
 //! [`Decider`](crate::decide::Decider), encodes the evidence thumbnail when an incident needs
 //! one, commits each incident event to the outbox (synced to disk) and only then hands it to
 //! the endpoint workers ([`deliver`]), which sign and POST it with retries. What was committed
@@ -24,7 +24,9 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::{AlertPolicy, Config};
-use crate::decide::{Actor, Decider, Detection, EventKind, Incident, IncidentError, Outgoing};
+use crate::decide::{
+    Actor, Decider, EventKind, Finding, Incident, IncidentError, Outgoing, ShadowLog,
+};
 use crate::metrics::metrics;
 use crate::stream::rfc3339;
 pub use deliver::{EndpointHandle, EndpointView};
@@ -80,6 +82,8 @@ pub struct AlertsHandle {
     pub endpoints: Arc<Vec<EndpointHandle>>,
     pub thumbnails: PathBuf,
     pub state_dir: PathBuf,
+    /// Would-be incidents of classifier models in shadow mode.
+    pub shadow: ShadowLog,
     commands: Sender<Command>,
 }
 
@@ -146,7 +150,7 @@ impl AlertService {
     /// pending deliveries) and the decision thread reading `detections`.
     pub fn start(
         config: &Config,
-        detections: Receiver<Detection>,
+        detections: Receiver<Finding>,
         health: &crate::health::Heartbeats,
     ) -> anyhow::Result<AlertService> {
         let store = Arc::new(Outbox::open(&config.state_dir)?);
@@ -196,6 +200,7 @@ impl AlertService {
             policy: config.alerts.clone(),
             backlog: Default::default(),
         };
+        let shadow = decider.shadow_log.clone();
         let decider = std::thread::Builder::new()
             .name("lw-decide".into())
             .spawn({
@@ -216,6 +221,7 @@ impl AlertService {
                 endpoints,
                 thumbnails,
                 state_dir: config.state_dir.clone(),
+                shadow,
                 commands,
             },
             decider,
@@ -258,7 +264,7 @@ struct Committer {
 fn decide_loop(
     mut decider: Decider,
     mut ctx: Committer,
-    detections: Receiver<Detection>,
+    detections: Receiver<Finding>,
     commands: Receiver<Command>,
     beat: crate::health::Beat,
 ) {
@@ -278,7 +284,11 @@ fn decide_loop(
             recv(detections) -> d => match d {
                 Ok(d) => {
                     let now = Instant::now();
-                    for out in decider.detect(&d, now, &mut thumb) {
+                    let outs = match &d {
+                        Finding::Hashes(d) => decider.detect(d, now, &mut thumb),
+                        Finding::Scores(s) => decider.classify(s, now, &mut thumb),
+                    };
+                    for out in outs {
                         ctx.commit(out);
                     }
                     for (id, frame) in thumbs.borrow_mut().drain(..) {

@@ -199,13 +199,13 @@ pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
     enumerate(&instance).iter().map(|a| a.get_info()).collect()
 }
 
-fn new_instance() -> wgpu::Instance {
+pub(crate) fn new_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::GL;
     wgpu::Instance::new(desc.with_env())
 }
 
-fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+pub(crate) fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
 }
 
@@ -258,7 +258,7 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (kind, backend)
 }
 
-fn pick_adapter(
+pub(crate) fn pick_adapter(
     adapters: Vec<wgpu::Adapter>,
     choice: &AdapterChoice,
     allow_software: bool,

@@ -58,13 +58,30 @@ pub struct AccessUnit {
     pub discontinuity: bool,
 }
 
-/// Which decoded pictures the decoder passes on.
+/// Which decoded pictures the decoder passes on, to hashing and to the classifier.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Selection {
-    /// Every decoded picture (only keyframes are fed in keyframes mode).
+pub struct Selection {
+    pub hash: HashPick,
+    /// At most this many pictures per second of stream time go to the classifier.
+    pub classify: Option<f64>,
+}
+
+/// Which decoded pictures are hashed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HashPick {
+    /// Every decoded picture (keyframes mode, where only keyframes are fed).
     Every,
+    /// Pictures decoded from keyframes (keyframes mode while the classifier needs every unit).
+    Keyframes,
     /// At most this many pictures per second of stream time.
     Rate(f64),
+}
+
+impl Selection {
+    /// Only keyframes are fed: every picture can leave the decoder at once.
+    pub fn low_delay(&self) -> bool {
+        self.hash == HashPick::Every && self.classify.is_none()
+    }
 }
 
 /// Messages to a decoder thread.
@@ -174,7 +191,7 @@ impl AuSink {
     }
 
     /// Takes one access unit. Never blocks.
-    pub fn push(&mut self, mut au: AccessUnit) {
+    pub fn push(&mut self, au: AccessUnit) {
         let m = metrics();
         m.frames_received.inc();
         self.status
@@ -196,7 +213,15 @@ impl AuSink {
                 now.saturating_duration_since(self.last_keyframe) >= self.sampling.keyframe_timeout;
             if self.sampling.mode == SamplingMode::Keyframes && !self.fallback {
                 if !waited {
-                    return; // not sampled: only keyframes are decoded
+                    if self.sampling.classify.is_none() {
+                        return; // not sampled: only keyframes are decoded
+                    }
+                    // the classifier samples between keyframes: every unit is decoded
+                    if self.awaiting_keyframe {
+                        self.count_drop(drop_reason::AWAITING_KEYFRAME);
+                        return;
+                    }
+                    return self.send(au, HashPick::Keyframes);
                 }
                 self.fallback = true;
                 self.awaiting_keyframe = false;
@@ -216,10 +241,22 @@ impl AuSink {
             }
         }
 
-        let selection = if self.sampling.mode == SamplingMode::Keyframes && !self.fallback {
-            Selection::Every
+        let hash = if self.sampling.mode == SamplingMode::Keyframes && !self.fallback {
+            if self.sampling.classify.is_some() {
+                HashPick::Keyframes
+            } else {
+                HashPick::Every
+            }
         } else {
-            Selection::Rate(self.sampling.rate)
+            HashPick::Rate(self.sampling.rate)
+        };
+        self.send(au, hash)
+    }
+
+    fn send(&mut self, mut au: AccessUnit, hash: HashPick) {
+        let selection = Selection {
+            hash,
+            classify: self.sampling.classify,
         };
         au.discontinuity = std::mem::take(&mut self.new_session);
         match self.tx.try_send(DecodeMsg::Unit(au, selection)) {
@@ -337,6 +374,7 @@ mod tests {
             mode,
             rate: 2.0,
             keyframe_timeout: Duration::from_secs(5),
+            classify: None,
         };
         (AuSink::new(status, tx, sampling), rx)
     }
@@ -366,9 +404,39 @@ mod tests {
         s.push(au(true, t));
         assert_eq!(rx.len(), 2);
         match rx.try_recv().unwrap() {
-            DecodeMsg::Unit(u, Selection::Every) => assert!(u.keyframe && u.discontinuity),
+            DecodeMsg::Unit(
+                u,
+                Selection {
+                    hash: HashPick::Every,
+                    classify: None,
+                },
+            ) => assert!(u.keyframe && u.discontinuity),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn keyframes_mode_with_a_classifier_feeds_every_unit_and_hashes_keyframes() {
+        let (mut s, rx) = sink(SamplingMode::Keyframes, 16);
+        s.sampling.classify = Some(2.0);
+        let t = Instant::now();
+        s.push(au(false, t)); // before the first keyframe: nothing to decode from
+        s.push(au(true, t));
+        s.push(au(false, t));
+        assert_eq!(rx.len(), 2);
+        for _ in 0..2 {
+            match rx.try_recv().unwrap() {
+                DecodeMsg::Unit(
+                    _,
+                    Selection {
+                        hash: HashPick::Keyframes,
+                        classify: Some(r),
+                    },
+                ) => assert_eq!(r, 2.0),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!s.status().report().sampling_fallback);
     }
 
     #[test]
@@ -381,7 +449,7 @@ mod tests {
         assert_eq!(rx.len(), 1);
         assert!(s.status().report().sampling_fallback);
         assert!(
-            matches!(rx.try_recv().unwrap(), DecodeMsg::Unit(_, Selection::Rate(r)) if r == 2.0)
+            matches!(rx.try_recv().unwrap(), DecodeMsg::Unit(_, Selection { hash: HashPick::Rate(r), .. }) if r == 2.0)
         );
         s.push(au(true, t + Duration::from_secs(7)));
         assert!(!s.status().report().sampling_fallback);

@@ -1,0 +1,9 @@
+//! Violence classification: model manifests, pre-processing (WGSL on a GPU, a CPU twin
+//! elsewhere), ONNX Runtime sessions, and the batcher that feeds them frames of many streams.
+
+pub mod gpu;
+pub mod manifest;
+pub mod model;
+pub mod preprocess;
+pub mod runtime;
+pub mod service;
