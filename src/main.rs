@@ -166,23 +166,28 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match livewatch::config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| {
-                livewatch::bank::Banks::load(&c.banks)
-                    .map(|b| (c, b))
-                    .map_err(Into::into)
+                let banks = livewatch::bank::Banks::load(&c.banks)?;
+                let models = match &c.classifier {
+                    Some(spec) => livewatch::classify::service::check(spec, &c.state_dir)?,
+                    None => Vec::new(),
+                };
+                Ok((c, banks, models))
             }) {
-            Ok((c, banks)) => {
+            Ok((c, banks, models)) => {
                 println!(
-                    "{}: ok ({} streams, {} banks: {}, {} webhooks)",
+                    "{}: ok ({} streams, {} banks: {}, {} webhooks, {} models: {})",
                     config.display(),
                     c.streams.len(),
                     c.banks.len(),
                     banks,
-                    c.webhooks.len()
+                    c.webhooks.len(),
+                    models.len(),
+                    models.join(", ")
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
                 ExitCode::from(2)
             }
         },

@@ -92,7 +92,8 @@ fn a_red_stream_raises_a_classifier_incident_and_calm_streams_do_not() {
     assert_eq!(ev["model"], "tiny-red");
     assert_eq!(ev["label"], "violence");
     assert_eq!(ev["rule"], "k_of_n");
-    assert_eq!(ev["window_frames"], 4);
+    // the window holds the last 4 scored frames: 3 of them are enough to open
+    assert!((3..=4).contains(&ev["window_frames"].as_u64().unwrap()), "{ev}");
     assert!(ev["frames_above"].as_u64().unwrap() >= 3, "{ev}");
     let threshold = ev["threshold"].as_f64().unwrap();
     assert!(ev["score"].as_f64().unwrap() >= threshold, "{ev}");
@@ -115,7 +116,7 @@ fn a_red_stream_raises_a_classifier_incident_and_calm_streams_do_not() {
     assert_eq!(status["classifier"]["models"][0]["mode"], "enforce");
     let (_, text) = lw.get("/metrics");
     assert_eq!(
-        metric(
+        sample(
             &text,
             "livewatch_classifier_info{mode=\"enforce\",model=\"tiny-red\",preprocess=\"cpu\",provider=\"cpu\"}"
         ),
@@ -124,7 +125,7 @@ fn a_red_stream_raises_a_classifier_incident_and_calm_streams_do_not() {
     );
     assert!(metric(&text, "livewatch_classifier_extra_decoded_total").unwrap() > 0.0);
     assert!(
-        metric(
+        sample(
             &text,
             "livewatch_classifier_frames_total{model=\"tiny-red\"}"
         )
@@ -132,7 +133,7 @@ fn a_red_stream_raises_a_classifier_incident_and_calm_streams_do_not() {
             >= 60.0
     );
     assert!(
-        metric(
+        sample(
             &text,
             "livewatch_classifier_triggers_total{label=\"violence\",mode=\"enforce\",model=\"tiny-red\"}"
         )
@@ -182,7 +183,7 @@ fn a_shadow_model_records_would_be_incidents_and_sends_nothing() {
     );
     let (_, text) = lw.get("/metrics");
     assert!(
-        metric(
+        sample(
             &text,
             "livewatch_classifier_triggers_total{label=\"violence\",mode=\"shadow\",model=\"tiny-red\"}"
         )
@@ -226,6 +227,14 @@ fn a_model_that_cannot_be_used_stops_the_start_with_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sha256"), "{err}");
+    // check-config finds it too, before a restart would
+    let out = std::process::Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sha256"));
 
     // a threshold for a label the model does not have
     std::fs::copy(

@@ -390,8 +390,9 @@ fn a_manifest_that_does_not_match_the_model_is_refused() {
         let e = load_err(&m, &SessionOptions::default());
         assert!(matches!(e, ModelError::Shape { .. }), "{to}: {e:?}");
         let manifest = m.path.display().to_string();
-        assert_says(&e, &[&manifest, "does not match its manifest"]);
-        assert_says(&e, wants);
+        let mut all = vec![manifest.as_str(), "does not match its manifest"];
+        all.extend_from_slice(wants);
+        assert_says(&e, &all);
     }
 }
 
@@ -439,5 +440,51 @@ fn models_are_looked_up_by_name_with_the_others_listed() {
     ] {
         assert!(e.contains(want), "{want:?} not in: {e}");
     }
-    let _ = Path::new(&models_dir()).join("tiny-red.toml");
+}
+
+/// Runs in a child process (a process loads ONNX Runtime once): the loader's own reason must
+/// reach the message, and later calls must give the same error.
+#[test]
+fn a_library_that_cannot_be_loaded_is_an_error_with_the_loaders_reason() {
+    const CHILD: &str = "LIVEWATCH_TEST_ORT_LIB";
+    if let Some(lib) = std::env::var_os(CHILD) {
+        let e = runtime::init(Some(Path::new(&lib))).unwrap_err();
+        println!("CHILD ERROR: {e:#}");
+        let again = runtime::init(None).unwrap_err();
+        assert_eq!(e.to_string(), again.to_string(), "the first result is kept");
+        let m = manifest("tiny-red");
+        let e = load_err(&m, &SessionOptions::default());
+        assert!(matches!(e, ModelError::Runtime { .. }), "{e:?}");
+        println!("CHILD MODEL ERROR: {e}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libonnxruntime.so.1.31.1");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_library_that_cannot_be_loaded_is_an_error_with_the_loaders_reason",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD, &lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = lib.display().to_string();
+    for want in [
+        "CHILD ERROR: cannot load ONNX Runtime from",
+        &lib,
+        "configured path",
+        "cannot open shared object file",
+        "CHILD MODEL ERROR: model \"tiny-red\"",
+    ] {
+        assert!(stdout.contains(want), "{want:?} not in: {stdout}");
+    }
 }

@@ -144,3 +144,90 @@ fn scan_matches_images_through_rotations_and_csv_exports() {
     assert!(lines.is_empty());
     assert!(err.contains("bad.pdq:2:"), "{err}");
 }
+
+/// `scan --model`: one `scores` line per sampled frame and model, in the same JSON-lines
+/// stream as the matches, for images and videos; the tiny model's trigger (red) scores high.
+#[test]
+fn scan_scores_images_and_videos_with_classifier_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let red = dir.path().join("red.png");
+    let grey = dir.path().join("grey.png");
+    for (path, colour) in [(&red, "0xD01818"), (&grey, "0x808080")] {
+        let ok = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("color=c={colour}:size=96x64"))
+            .args(["-frames:v", "1"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    // 2 s of red at 10 fps, sampled at 2 fps: frames 0, 5, 10, 15
+    let clip = ffmpeg_clip(
+        "red-2s.mp4",
+        &[
+            "-f", "lavfi", "-i", "color=c=0xD01818:size=160x120:rate=10", "-t", "2",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p",
+        ],
+    );
+    let models = repo().join("models");
+    let (code, lines, err) = scan(&[
+        "--model",
+        "tiny-red",
+        "--model",
+        "image-safety-classifier-s",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--fps",
+        "2",
+        red.to_str().unwrap(),
+        grey.to_str().unwrap(),
+        clip.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let scores = of_type(&lines, "scores");
+    let tiny: Vec<_> = scores.iter().filter(|l| l["model"] == "tiny-red").collect();
+    let violence = |media: &std::path::Path| -> Vec<f64> {
+        tiny.iter()
+            .filter(|l| l["media"] == media.to_str().unwrap())
+            .map(|l| l["scores"]["violence"].as_f64().unwrap())
+            .collect()
+    };
+    assert!(violence(&red)[0] > 0.9, "{tiny:#?}");
+    assert!(violence(&grey)[0] < 0.5, "{tiny:#?}");
+    let frames: Vec<u64> = tiny
+        .iter()
+        .filter(|l| l["media"] == clip.to_str().unwrap())
+        .map(|l| l["frame"].as_u64().unwrap())
+        .collect();
+    assert_eq!(frames, vec![0, 5, 10, 15]);
+    assert!(violence(&clip).iter().all(|v| *v > 0.9));
+    // the real model gives its three labels, summing to one, for every sampled frame
+    let real: Vec<_> = scores
+        .iter()
+        .filter(|l| l["model"] == "image-safety-classifier-s")
+        .collect();
+    assert_eq!(real.len(), 6);
+    for l in &real {
+        let s = l["scores"].as_object().unwrap();
+        assert_eq!(s.len(), 3, "{l}");
+        let sum: f64 = ["NSFL", "NSFW", "SFW"]
+            .iter()
+            .map(|k| s[*k].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-3, "{l}");
+        assert!(l["time"].is_number());
+    }
+
+    // an unknown model is an error naming what exists
+    let (code, _, err) = scan(&[
+        "--model",
+        "no-such-model",
+        "--models-dir",
+        models.to_str().unwrap(),
+        red.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no-such-model") && err.contains("tiny-red"), "{err}");
+}

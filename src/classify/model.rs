@@ -29,7 +29,7 @@ pub struct SessionOptions {
     /// that supports it, and to its CPU kernels last. Empty means `[Cpu]`.
     pub providers: Vec<ProviderKind>,
     /// When a GPU provider cannot be used (not in this ONNX Runtime build, no device, missing
-    /// CUDA libraries): `false` (the default) makes that an error; `true` logs a warning and
+    /// CUDA libraries): `false` (the default) makes that an error; `true` logs an error and
     /// runs the model on the CPU instead, and [`Model::provider`] says so.
     pub allow_cpu_fallback: bool,
     /// Threads inside one operator on the CPU; 0 leaves ONNX Runtime's default (one per core).
@@ -304,13 +304,19 @@ impl Model {
     }
 }
 
+/// Logged as an error: on a GPU server the CPU is a large loss of capacity, wanted or not.
 fn warn_fallback(model: &str, provider: ProviderKind, reason: &str) {
-    tracing::warn!(
+    tracing::error!(
         model,
         provider = provider.as_str(),
         reason,
         "execution provider failed; the model runs on the CPU instead (allow_cpu_fallback)"
     );
+}
+
+/// ONNX Runtime's message without its final full stop, to sit inside a longer one.
+fn sentence(msg: &str) -> String {
+    msg.trim().trim_end_matches('.').to_string()
 }
 
 /// What went wrong building a session.
@@ -336,19 +342,19 @@ fn build_session(
     opts: &SessionOptions,
     providers: &[ProviderKind],
 ) -> Result<Session, BuildFailure> {
-    let session_err = |e: ort::Error| BuildFailure::Session(e.to_string());
+    let session_err = |e: ort::Error| BuildFailure::Session(sentence(&e.to_string()));
     let mut builder = Session::builder(env).map_err(session_err)?;
     if opts.intra_threads > 0 {
         builder = builder
             .with_intra_threads(opts.intra_threads)
-            .map_err(|e| BuildFailure::Session(e.to_string()))?;
+            .map_err(|e| BuildFailure::Session(sentence(&e.to_string())))?;
     }
     for &p in providers {
         let dispatch = provider_dispatch(p, opts, &manifest.name)
             .map_err(|reason| BuildFailure::Provider(p, reason))?;
         builder = builder
             .with_execution_providers([dispatch])
-            .map_err(|e| BuildFailure::Provider(p, e.to_string()))?;
+            .map_err(|e| BuildFailure::Provider(p, sentence(&e.to_string())))?;
     }
     builder
         .commit_from_file(&manifest.file)

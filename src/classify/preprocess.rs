@@ -868,39 +868,4 @@ mod tests {
             .run(&yuv(10, 10, 10, 5), &mut out)
             .is_err());
     }
-
-    /// A 1080p frame to 224x224 in a loop; `cargo test --release -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "timing; run in release"]
-    fn time_1080p_to_224() {
-        let (w, h) = (1920, 1080);
-        let y: Vec<u8> = (0..w * h).map(|i| (i * 7 % 251) as u8).collect();
-        let c: Vec<u8> = (0..w * h / 4).map(|i| (i * 3 % 241) as u8).collect();
-        let pic = Picture::Yuv420(Yuv420 {
-            y: &y,
-            y_stride: w,
-            u: &c,
-            v: &c,
-            c_stride: w / 2,
-            width: w,
-            height: h,
-            full_range: false,
-            matrix: Matrix::Bt709,
-        });
-        for resize_to in [None, Some([256, 256])] {
-            let mut p =
-                Preprocessor::new(&spec(Layout::Nchw, 224, 224, ColorOrder::Rgb, resize_to));
-            let mut out = vec![0.0; 224 * 224 * 3];
-            p.run(&pic, &mut out).unwrap();
-            let n = 50;
-            let started = Instant::now();
-            for _ in 0..n {
-                p.run(&pic, &mut out).unwrap();
-            }
-            println!(
-                "1080p -> 224x224 (resize_to {resize_to:?}): {:.2} ms a frame",
-                started.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
-            );
-        }
-    }
 }

@@ -15,7 +15,9 @@
 //!    `target/debug/livewatch` and the test binaries find the checkout's `.venv`).
 //!
 //! A path given in 1 or 2 that cannot be loaded is an error: livewatch does not go on looking
-//! elsewhere, since a different library than the one configured would be a surprise.
+//! elsewhere, since a different library than the one configured would be a surprise. A relative
+//! path there is taken from the current directory; a bare file name is left to the dynamic
+//! loader's own search (`LD_LIBRARY_PATH`).
 //!
 //! The wheels ship no plain `libonnxruntime.so`, only the versioned file, and `ort` needs
 //! ONNX Runtime 1.31 or later (its `api-31` feature).
@@ -118,10 +120,16 @@ pub fn environment() -> anyhow::Result<ort::environment::Environment> {
 fn load(lib: Option<&Path>) -> anyhow::Result<Loaded> {
     let (path, why) = locate(lib)?;
     let builder = ort::init_from(&path).map_err(|e| {
+        // `ort`'s error says only "dlopen failed"; the loader's reason (file not found, wrong
+        // architecture, a missing dependency such as libcudnn) is in the libloading error's
+        // `source()`, which `ort`'s error does not expose as its own source.
+        let text = match &e {
+            ort::LoadDynamicError::Dlopen { error, .. } => error_chain(error),
+            _ => error_chain(&e),
+        };
         anyhow!(
-            "cannot load ONNX Runtime from {} ({why}): {}",
-            path.display(),
-            error_chain(&e)
+            "cannot load ONNX Runtime from {} ({why}): {text}",
+            path.display()
         )
     })?;
     let env = builder
@@ -147,11 +155,11 @@ fn load(lib: Option<&Path>) -> anyhow::Result<Loaded> {
 
 /// Where the library is, and which rule found it.
 fn locate(lib: Option<&Path>) -> anyhow::Result<(PathBuf, &'static str)> {
-    if let Some(p) = lib {
-        return Ok((p.to_path_buf(), "configured path"));
+    if let Some(p) = lib.filter(|p| !p.as_os_str().is_empty()) {
+        return Ok((absolute(p), "configured path"));
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return Ok((PathBuf::from(p), "ORT_DYLIB_PATH"));
+        return Ok((absolute(Path::new(&p)), "ORT_DYLIB_PATH"));
     }
     let mut roots = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
@@ -184,6 +192,18 @@ fn locate(lib: Option<&Path>) -> anyhow::Result<(PathBuf, &'static str)> {
             .collect::<Vec<_>>()
             .join(", ")
     ))
+}
+
+/// A relative path with a folder in it is taken from the current directory (`ort` would try the
+/// executable's folder first); a bare file name is left to the dynamic loader's search
+/// (`LD_LIBRARY_PATH`, the ld.so cache).
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_relative() && p.components().count() > 1 {
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(p);
+        }
+    }
+    p.to_path_buf()
 }
 
 /// `<venv>/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*`, the newest

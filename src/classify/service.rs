@@ -134,6 +134,23 @@ pub fn session_options(spec: &ClassifierSpec, state_dir: &std::path::Path) -> Se
     }
 }
 
+/// Loads ONNX Runtime and every configured model once, as a start would (for `check-config`).
+/// Returns `name (provider)` per model.
+pub fn check(spec: &ClassifierSpec, state_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    runtime::init(spec.onnxruntime.as_deref())?;
+    let opts = session_options(spec, state_dir);
+    spec.models
+        .iter()
+        .map(|m| {
+            let manifest = model::find_manifest(&spec.models_dir, &m.name)
+                .with_context(|| format!("classifier model {:?}", m.name))?;
+            policy(&manifest, m)?;
+            let model = Model::load(&manifest, &opts)?;
+            Ok(format!("{} ({})", manifest.name, model.provider.as_str()))
+        })
+        .collect()
+}
+
 impl Classifier {
     /// Loads ONNX Runtime and every model (checking files, checksums and shapes: a problem
     /// stops the start here), then starts the workers.

@@ -568,6 +568,14 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Reads one labelled sample, given as Prometheus prints it: `name{a="x",b="y"}` (labels in
+/// alphabetical order).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Meta's ThreatExchange reference data (`LIVEWATCH_TESTDATA`, else `../shared/testdata/...`),
 /// when present.
 pub fn threatexchange() -> Option<PathBuf> {
