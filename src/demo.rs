@@ -146,6 +146,16 @@ pub async fn run(
          [[banks]]\nname = \"known-violent\"\npath = \"known.pdq\"\nstore_evidence = true\n\n\
          [[webhooks]]\nurl = \"http://{hook_addr}/hook\"\nsecret = \"{SECRET}\"\n"
     );
+    // the default violence model, when the set-up has fetched it (scripts/setup.sh)
+    let models = std::env::current_dir()?.join("models");
+    let classify = models.join(format!("{DEMO_MODEL}.onnx")).is_file();
+    if classify {
+        toml.push_str(&format!(
+            "\n[classifier]\nmodels_dir = \"{}\"\nfps = 1\n\n\
+             [[classifier.models]]\nname = \"{DEMO_MODEL}\"\n",
+            models.display()
+        ));
+    }
     for (id, path) in &clips {
         toml.push_str(&format!(
             "\n[[streams]]\nid = \"{id}\"\nurl = \"file://{}\"\n",
@@ -168,6 +178,16 @@ pub async fn run(
         "livewatch demo: config written to {} (run it yourself with `livewatch serve -c`)",
         config_path.display()
     );
+    if classify {
+        println!(
+            "livewatch demo: classifier \"{DEMO_MODEL}\" scores every stream once a second; the latest scores are printed every 10 s"
+        );
+        tokio::spawn(print_scores(listen.clone(), cancel.clone()));
+    } else {
+        println!(
+            "livewatch demo: no classifier (models/{DEMO_MODEL}.onnx is missing: scripts/setup.sh fetches it)"
+        );
+    }
     if let Some(secs) = duration {
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -176,6 +196,46 @@ pub async fn run(
         });
     }
     crate::run(config, cancel, crate::RunHooks::default()).await
+}
+
+/// The default violence model the demo runs when it is there.
+const DEMO_MODEL: &str = "image-safety-classifier-s";
+
+/// Prints each stream's latest classifier scores every 10 s, read from the demo's own API.
+async fn print_scores(listen: String, cancel: CancellationToken) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{listen}/v1/streams");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let Ok(r) = client.get(&url).send().await else {
+            continue;
+        };
+        let Ok(body) = r.bytes().await else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let mut line = String::from("SCORES");
+        for s in v["streams"].as_array().into_iter().flatten() {
+            let scores = &s["classifier"][DEMO_MODEL]["scores"];
+            if let Some(m) = scores.as_object() {
+                let parts: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={:.3}", v.as_f64().unwrap_or(0.0)))
+                    .collect();
+                line.push_str(&format!(
+                    " {}[{}]",
+                    s["id"].as_str().unwrap_or("?"),
+                    parts.join(" ")
+                ));
+            }
+        }
+        println!("{line}");
+    }
 }
 
 fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8]) -> StatusCode {
@@ -194,16 +254,31 @@ fn receive(verifier: &standardwebhooks::Webhook, headers: &HeaderMap, body: &[u8
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         })
         .map(|t| (time::OffsetDateTime::from(SystemTime::now()) - t).as_seconds_f64() * 1000.0);
+    let found = if d["reason"] == "classifier" {
+        let e = &d["evidence"];
+        format!(
+            "model={} label={} score={:.3} frames_above={}/{}",
+            e["model"].as_str().unwrap_or("?"),
+            e["label"].as_str().unwrap_or("?"),
+            e["score"].as_f64().unwrap_or(0.0),
+            e["frames_above"],
+            e["window_frames"]
+        )
+    } else {
+        format!(
+            "bank={} item={} distance={}",
+            d["evidence"]["bank"].as_str().unwrap_or("?"),
+            d["evidence"]["item_id"].as_str().unwrap_or("?"),
+            d["evidence"]["distance"]
+        )
+    };
     println!(
-        "ALERT {} incident={} stream={} reason={} action={} bank={} item={} distance={} evidence_frames={} {}={} (signature verified)",
+        "ALERT {} incident={} stream={} reason={} action={} {found} evidence_frames={} {}={} (signature verified)",
         v["type"].as_str().unwrap_or("?"),
         d["incident_id"].as_str().unwrap_or("?"),
         d["stream"]["id"].as_str().unwrap_or("?"),
         d["reason"].as_str().unwrap_or("?"),
         d["action"].as_str().unwrap_or("?"),
-        d["evidence"]["bank"].as_str().unwrap_or("?"),
-        d["evidence"]["item_id"].as_str().unwrap_or("?"),
-        d["evidence"]["distance"],
         d["evidence_count"],
         if d["event"] == "opened" { "latency" } else { "last_evidence_age" },
         latency

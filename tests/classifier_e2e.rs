@@ -93,7 +93,10 @@ fn a_red_stream_raises_a_classifier_incident_and_calm_streams_do_not() {
     assert_eq!(ev["label"], "violence");
     assert_eq!(ev["rule"], "k_of_n");
     // the window holds the last 4 scored frames: 3 of them are enough to open
-    assert!((3..=4).contains(&ev["window_frames"].as_u64().unwrap()), "{ev}");
+    assert!(
+        (3..=4).contains(&ev["window_frames"].as_u64().unwrap()),
+        "{ev}"
+    );
     assert!(ev["frames_above"].as_u64().unwrap() >= 3, "{ev}");
     let threshold = ev["threshold"].as_f64().unwrap();
     assert!(ev["score"].as_f64().unwrap() >= threshold, "{ev}");

@@ -167,8 +167,16 @@ fn scan_scores_images_and_videos_with_classifier_models() {
     let clip = ffmpeg_clip(
         "red-2s.mp4",
         &[
-            "-f", "lavfi", "-i", "color=c=0xD01818:size=160x120:rate=10", "-t", "2",
-            "-c:v", "libx264", "-pix_fmt", "yuv420p",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=0xD01818:size=160x120:rate=10",
+            "-t",
+            "2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
         ],
     );
     let models = repo().join("models");
@@ -229,5 +237,8 @@ fn scan_scores_images_and_videos_with_classifier_models() {
         red.to_str().unwrap(),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("no-such-model") && err.contains("tiny-red"), "{err}");
+    assert!(
+        err.contains("no-such-model") && err.contains("tiny-red"),
+        "{err}"
+    );
 }

@@ -38,7 +38,9 @@ pub struct SessionOptions {
     pub device_id: i32,
     /// Where TensorRT keeps the engines it builds. Building them takes minutes per model and
     /// batch-size profile on the first start; with a cache folder later starts take seconds.
-    /// Without one every start builds them again.
+    /// Without one every start builds them again. fp16 stays off (it changes scores). No
+    /// optimisation profile is set, so TensorRT builds again when a larger batch than any
+    /// seen before arrives (cached too).
     pub trt_cache_dir: Option<PathBuf>,
 }
 
