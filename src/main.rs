@@ -168,7 +168,7 @@ fn main() -> ExitCode {
             .and_then(|c| {
                 let banks = livewatch::bank::Banks::load(&c.banks)?;
                 let models = match &c.classifier {
-                    Some(spec) => livewatch::classify::service::check(spec, &c.state_dir)?,
+                    Some(spec) => livewatch::classify::service::check(spec)?,
                     None => Vec::new(),
                 };
                 Ok((c, banks, models))

@@ -286,6 +286,7 @@ fn load_models(o: &ScanOptions) -> anyhow::Result<Vec<ScanModel>> {
         intra_threads: 0,
         device_id: 0,
         trt_cache_dir: None,
+        max_batch: 1,
     };
     o.models
         .iter()

@@ -29,6 +29,13 @@ const HEX: &str = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9
 #[test]
 fn check_config_accepts_the_documented_example() {
     let text = std::fs::read_to_string(repo().join("examples/livewatch.toml")).unwrap();
+    // the example's models folder is the repository's, relative to examples/
+    let models = format!(
+        "models_dir = {:?}",
+        repo().join("models").display().to_string()
+    );
+    assert!(text.contains("models_dir = \"../models\""));
+    let text = text.replacen("models_dir = \"../models\"", &models, 1);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("banks")).unwrap();
     std::fs::write(dir.path().join("banks/known.pdq"), format!("{HEX}\n")).unwrap();
@@ -44,7 +51,12 @@ fn check_config_accepts_the_documented_example() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        stdout.contains("1 models: image-safety-classifier-s"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -38,10 +38,11 @@ pub struct SessionOptions {
     pub device_id: i32,
     /// Where TensorRT keeps the engines it builds. Building them takes minutes per model and
     /// batch-size profile on the first start; with a cache folder later starts take seconds.
-    /// Without one every start builds them again. fp16 stays off (it changes scores). No
-    /// optimisation profile is set, so TensorRT builds again when a larger batch than any
-    /// seen before arrives (cached too).
+    /// Without one every start builds them again. fp16 stays off (it changes scores).
     pub trt_cache_dir: Option<PathBuf>,
+    /// The largest batch the session will see: TensorRT's optimisation profile covers batches
+    /// 1 to this (tuned for this size), so one engine serves every batch the batcher makes.
+    pub max_batch: usize,
 }
 
 impl Default for SessionOptions {
@@ -52,6 +53,7 @@ impl Default for SessionOptions {
             intra_threads: 0,
             device_id: 0,
             trt_cache_dir: None,
+            max_batch: 16,
         }
     }
 }
@@ -352,7 +354,7 @@ fn build_session(
             .map_err(|e| BuildFailure::Session(sentence(&e.to_string())))?;
     }
     for &p in providers {
-        let dispatch = provider_dispatch(p, opts, &manifest.name)
+        let dispatch = provider_dispatch(p, opts, manifest)
             .map_err(|reason| BuildFailure::Provider(p, reason))?;
         builder = builder
             .with_execution_providers([dispatch])
@@ -368,16 +370,30 @@ fn build_session(
 fn provider_dispatch(
     p: ProviderKind,
     opts: &SessionOptions,
-    model: &str,
+    manifest: &Manifest,
 ) -> Result<ep::ExecutionProviderDispatch, String> {
+    let model = manifest.name.as_str();
     let dispatch = match p {
         ProviderKind::Cpu => ep::CPU::default().build(),
         ProviderKind::Cuda => ep::CUDA::default().with_device_id(opts.device_id).build(),
         ProviderKind::TensorRt => {
             // fp16 changes scores; keep the model's own precision unless someone measures it
+            let shape = |n: usize| {
+                let dims: Vec<String> = manifest
+                    .input
+                    .shape(n)
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect();
+                format!("{}:{}", manifest.input.name, dims.join("x"))
+            };
+            let max = opts.max_batch.max(1);
             let mut trt = ep::TensorRT::default()
                 .with_device_id(opts.device_id)
-                .with_fp16(false);
+                .with_fp16(false)
+                .with_profile_min_shapes(shape(1))
+                .with_profile_opt_shapes(shape(max))
+                .with_profile_max_shapes(shape(max));
             match &opts.trt_cache_dir {
                 Some(dir) => {
                     std::fs::create_dir_all(dir).map_err(|e| {

@@ -123,22 +123,36 @@ pub fn open_preprocess(spec: &ClassifierSpec, manifest: &Manifest) -> anyhow::Re
     })
 }
 
-/// Session options from `[classifier]`; TensorRT caches its engines in the state directory.
+/// Session options from `[classifier]`. TensorRT caches its engines in systemd's
+/// `$CACHE_DIRECTORY` when there is one, else in the state directory.
 pub fn session_options(spec: &ClassifierSpec, state_dir: &std::path::Path) -> SessionOptions {
+    let cache = std::env::var_os("CACHE_DIRECTORY")
+        .map(|v| {
+            // systemd may list several, separated by ':'; the first is ours
+            std::path::PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or_default())
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| state_dir.to_path_buf());
     SessionOptions {
         providers: spec.providers.clone(),
         allow_cpu_fallback: spec.allow_cpu_fallback,
         intra_threads: spec.intra_threads,
         device_id: spec.device_id,
-        trt_cache_dir: Some(state_dir.join("tensorrt")),
+        trt_cache_dir: Some(cache.join("tensorrt")),
+        max_batch: spec.max_batch,
     }
 }
 
-/// Loads ONNX Runtime and every configured model once, as a start would (for `check-config`).
-/// Returns `name (provider)` per model.
-pub fn check(spec: &ClassifierSpec, state_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+/// Loads ONNX Runtime and checks every configured model's manifest, file, sha256 and shapes
+/// (for `check-config`). Sessions are built on the CPU: registering GPU providers (and
+/// TensorRT's engine builds) is left to the start, which reports its own errors.
+pub fn check(spec: &ClassifierSpec) -> anyhow::Result<Vec<String>> {
     runtime::init(spec.onnxruntime.as_deref())?;
-    let opts = session_options(spec, state_dir);
+    let opts = SessionOptions {
+        providers: vec![ProviderKind::Cpu],
+        intra_threads: 1,
+        ..SessionOptions::default()
+    };
     spec.models
         .iter()
         .map(|m| {
@@ -146,7 +160,8 @@ pub fn check(spec: &ClassifierSpec, state_dir: &std::path::Path) -> anyhow::Resu
                 .with_context(|| format!("classifier model {:?}", m.name))?;
             policy(&manifest, m)?;
             let model = Model::load(&manifest, &opts)?;
-            Ok(format!("{} ({})", manifest.name, model.provider.as_str()))
+            drop(model);
+            Ok(manifest.name)
         })
         .collect()
 }
