@@ -1183,4 +1183,122 @@ mod tests {
         let back: Incident = serde_json::from_value(json).unwrap();
         assert_eq!(back, e.incident);
     }
+
+    fn model(rule: crate::config::WindowRule, shadow: bool) -> Arc<ModelPolicy> {
+        Arc::new(ModelPolicy {
+            name: "m".into(),
+            version: "abc".into(),
+            labels: vec!["violence".into(), "calm".into()],
+            thresholds: vec![(0, 0.8)],
+            rule,
+            window_frames: 4,
+            min_frames: 3,
+            severity: Severity::High,
+            action: Action::Review,
+            store_evidence: false,
+            shadow,
+        })
+    }
+
+    fn scored(m: &Arc<ModelPolicy>, stream: &str, v: f32, at: Instant) -> Scored {
+        Scored {
+            stream: 0,
+            stream_id: stream.into(),
+            model: m.clone(),
+            scores: vec![v, 1.0 - v],
+            pts_us: None,
+            arrival: at,
+            frame: None,
+        }
+    }
+
+    /// Feeds scores one per second; returns the events and the second each came at.
+    fn feed(
+        d: &mut Decider,
+        m: &Arc<ModelPolicy>,
+        t0: Instant,
+        scores: &[f32],
+    ) -> Vec<(usize, Outgoing)> {
+        let mut out = Vec::new();
+        for (i, v) in scores.iter().enumerate() {
+            let now = t0 + Duration::from_secs(i as u64);
+            for o in d.classify(&scored(m, "cam", *v, now), now, &mut no_thumb) {
+                out.push((i, o));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn k_of_n_opens_on_the_kth_frame_above_the_threshold_in_the_window() {
+        use crate::config::WindowRule;
+        let mut d = Decider::new(policy());
+        let m = model(WindowRule::KOfN, false);
+        let t0 = Instant::now();
+        // 2 of the last 4 above, then a low frame pushes one out: never 3 in a window of 4
+        let quiet = feed(&mut d, &m, t0, &[0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.9, 0.1]);
+        assert!(quiet.is_empty(), "{:?}", quiet.len());
+        // 3 of the last 4: opens on the third
+        let mut d = Decider::new(policy());
+        let ev = feed(&mut d, &m, t0, &[0.9, 0.1, 0.85, 0.95, 0.99]);
+        assert_eq!(ev.len(), 1);
+        let (at, o) = &ev[0];
+        assert_eq!(*at, 3);
+        assert_eq!(o.kind, EventKind::Opened);
+        assert_eq!(o.incident.reason, Reason::Classifier);
+        match &o.incident.evidence {
+            Evidence::Classifier {
+                model,
+                label,
+                score,
+                threshold,
+                frames_above,
+                window_frames,
+                ..
+            } => {
+                assert_eq!((model.as_str(), label.as_str()), ("m", "violence"));
+                assert_eq!((*score, *threshold), (0.95, 0.8));
+                assert_eq!((*frames_above, *window_frames), (3, 4));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(o.incident.items[0].bank, "m");
+        assert_eq!(o.incident.items[0].item_id, "violence");
+    }
+
+    #[test]
+    fn the_mean_rule_smooths_single_spikes() {
+        use crate::config::WindowRule;
+        let m = model(WindowRule::Mean, false);
+        let t0 = Instant::now();
+        // one very high frame among low ones: the mean stays below
+        let mut d = Decider::new(policy());
+        assert!(feed(&mut d, &m, t0, &[0.1, 1.0, 0.1, 0.2, 1.0, 0.1]).is_empty());
+        // a sustained high score opens once 3 frames are in (min_frames)
+        let mut d = Decider::new(policy());
+        let ev = feed(&mut d, &m, t0, &[0.85, 0.9, 0.8, 0.9]);
+        assert_eq!(ev.first().map(|(i, _)| *i), Some(2));
+    }
+
+    #[test]
+    fn a_shadow_model_sends_nothing_and_logs_each_would_be_incident_once() {
+        use crate::config::WindowRule;
+        let mut d = Decider::new(policy());
+        let m = model(WindowRule::KOfN, true);
+        let t0 = Instant::now();
+        let ev = feed(&mut d, &m, t0, &[0.9; 20]);
+        assert!(ev.is_empty());
+        assert_eq!(d.open_incidents(), 0);
+        // firing every second from the third frame on is one would-be incident
+        let log = d.shadow_log.lock().clone();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].stream, "cam");
+        // quiet for longer than resolve_after (30 s), then firing again: a second one
+        let later = t0 + Duration::from_secs(60);
+        for i in 0..3 {
+            let now = later + Duration::from_secs(i);
+            d.classify(&scored(&m, "cam", 0.9, now), now, &mut no_thumb);
+        }
+        assert_eq!(d.shadow_log.lock().len(), 2);
+    }
 }

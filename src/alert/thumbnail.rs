@@ -86,6 +86,7 @@ mod tests {
                 u: vec![90; w.div_ceil(2) * h.div_ceil(2)],
                 v: vec![240; w.div_ceil(2) * h.div_ceil(2)],
             }),
+            matrix: crate::classify::preprocess::Matrix::Bt709,
         }
     }
 

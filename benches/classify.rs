@@ -1,0 +1,713 @@
+//! The classifier on the CPU: what the live worker does per batch against ONNX Runtime alone,
+//! on the same model, session and batch size, in one run.
+//!
+//! For each real model (`image-safety-classifier-s`, NCHW 224; `open-nsfw`, NHWC 256 → 224
+//! crop) at batches of 1 and 16:
+//!
+//! * **bare**: `Model::run` on a ready tensor (ONNX Runtime itself: `run` wraps the slice
+//!   without copying it and reads the output rows back).
+//! * **pipeline**: the worker's path, composed of the same public pieces it uses: decoded 720p
+//!   frames (`Arc<Frame>`, one per stream) pushed to a `FrameQueue`, taken by
+//!   `service::next_batch`, pre-processed by the CPU twin (`Preprocess::Cpu`) into the tensor,
+//!   then `Model::run`. The decision stage's hand-off (a channel send per frame) and the
+//!   metrics are left out.
+//!
+//! Both run on one session, alternating in blocks of about a quarter of a second so that the
+//! load of this shared machine weighs on both alike, until each has run `SECONDS` seconds.
+//! Overhead is pipeline ÷ bare − 1, printed with and without the pre-processing. ONNX Runtime
+//! runs with its default intra-op threads (one per core); images/s per core divides by
+//! `available_parallelism`. The pipeline's scores must equal the bare ones.
+//!
+//! Also measured, in the same run:
+//! * the CPU twin's time per 720p and 1080p frame, per model (one thread);
+//! * Python's onnxruntime on the same tensor (`benches/support/ort_bench.py`), a cross-check
+//!   of the bare column; "n/a" without the project's `.venv`;
+//! * the GPU pre-processing (wgpu) per frame, split into upload, compute and readback (the
+//!   tensor copied back to the host for ONNX Runtime); on a software adapter such as Mesa's
+//!   lavapipe the figures are informational only; "n/a" without an adapter;
+//! * H.264 decoding per frame on one thread, every frame against keyframes only, at 720p and
+//!   1080p: a keyframes-mode stream decodes every frame once a classifier samples it.
+//!
+//! Clips: ffmpeg `testsrc2`, 30 fps, H.264 high profile, 1 s GOP, no B-frames, 10 s, made once
+//! under `target/classify-bench/`. Needs `scripts/setup.sh` (ONNX Runtime, models, ffmpeg).
+//!
+//! Run with `cargo bench --bench classify`. Without `--bench` (under `cargo test`) it runs each
+//! path once on the tiny test model `tiny-red` and a small clip, as a check.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ffmpeg_next as ff;
+use livewatch::classify::gpu::{GpuPreprocessor, Timings};
+use livewatch::classify::manifest::{Activation, Manifest};
+use livewatch::classify::model::{find_manifest, Model, SessionOptions};
+use livewatch::classify::preprocess::{Picture, Preprocess, Preprocessor};
+use livewatch::classify::runtime;
+use livewatch::classify::service::next_batch;
+use livewatch::decode::{for_each_video_frame, Frame, FrameQueue};
+use livewatch::hash::gpu::{list_adapters, AdapterChoice};
+
+/// The live worker's defaults (`[classifier] max_wait_ms`, `queue`).
+const MAX_WAIT: Duration = Duration::from_millis(20);
+const QUEUE: usize = 256;
+/// Length of one block of bare or pipeline batches.
+const BLOCK: f64 = 0.25;
+
+/// What a run measures.
+struct Plan {
+    full: bool,
+    models: &'static [&'static str],
+    batches: &'static [usize],
+    /// Seconds per path per configuration (bare, pipeline, Python).
+    seconds: f64,
+    /// Seconds of pre-processing and of decoding per measurement.
+    short_seconds: f64,
+    /// Clip sizes: the first feeds the pipeline.
+    sizes: &'static [(usize, usize)],
+    clip_seconds: u32,
+    gpu_batch: usize,
+}
+
+impl Plan {
+    fn new(full: bool) -> Plan {
+        if full {
+            Plan {
+                full,
+                models: &["image-safety-classifier-s", "open-nsfw"],
+                batches: &[1, 16],
+                seconds: 4.0,
+                short_seconds: 2.0,
+                sizes: &[(1280, 720), (1920, 1080)],
+                clip_seconds: 10,
+                gpu_batch: 16,
+            }
+        } else {
+            Plan {
+                full,
+                models: &["tiny-red"],
+                batches: &[1, 4],
+                seconds: 0.0,
+                short_seconds: 0.0,
+                sizes: &[(320, 180)],
+                clip_seconds: 1,
+                gpu_batch: 2,
+            }
+        }
+    }
+
+    /// Frames in the pipeline's batches (one stream each).
+    fn frames(&self) -> usize {
+        self.batches.iter().copied().max().unwrap_or(1)
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A 30 fps H.264 clip of ffmpeg's `testsrc2`, made once (the clips `benches/streams.sh` uses).
+fn clip(dir: &Path, w: usize, h: usize, seconds: u32) -> PathBuf {
+    let path = dir.join(format!("testsrc2-{w}x{h}-{seconds}s.mp4"));
+    if path.exists() {
+        return path;
+    }
+    let tmp = dir.join(format!("tmp-{}-{w}x{h}.mp4", std::process::id()));
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size={w}x{h}:rate=30"))
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", "30", "-keyint_min", "30"])
+        .args(["-sc_threshold", "0", "-bf", "0"])
+        .arg(&tmp)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run ffmpeg ({e}); scripts/setup.sh installs it"));
+    assert!(status.success(), "ffmpeg failed to make {}", path.display());
+    std::fs::rename(&tmp, &path).expect("keep the clip");
+    path
+}
+
+/// `n` decoded pictures of a clip, one every half second, each from its own stream (pictures
+/// are repeated when the clip is short).
+fn frames(path: &Path, n: usize) -> Vec<Arc<Frame>> {
+    let mut out: Vec<Arc<Frame>> = Vec::new();
+    for_each_video_frame(path, 0.5, |_, _, f| {
+        if out.len() < n {
+            out.push(Arc::new(f));
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("decode {}: {e:#}", path.display()));
+    assert!(!out.is_empty(), "{}: no frames", path.display());
+    let have = out.len();
+    (0..n)
+        .map(|i| {
+            let mut f = (*out[i % have]).clone();
+            f.stream = i as u32;
+            Arc::new(f)
+        })
+        .collect()
+}
+
+/// Loads a model on the CPU as the worker does by default; a missing model stops the bench
+/// with load's own message (which says how to fetch it).
+fn load(manifest: &Manifest) -> Model {
+    Model::load(manifest, &SessionOptions::default())
+        .unwrap_or_else(|e| panic!("{e}\n(scripts/setup.sh fetches the models)"))
+}
+
+/// Time spent per pipeline stage.
+#[derive(Default, Clone, Copy)]
+struct Split {
+    batches: usize,
+    /// Pushing the frames to the queue, `next_batch`, the pictures and the tensor's size.
+    queue: Duration,
+    prep: Duration,
+    infer: Duration,
+}
+
+impl Split {
+    fn total(&self) -> Duration {
+        self.queue + self.prep + self.infer
+    }
+    fn add(&mut self, o: &Split) {
+        self.batches += o.batches;
+        self.queue += o.queue;
+        self.prep += o.prep;
+        self.infer += o.infer;
+    }
+}
+
+/// The live worker's state for one model: the queue decoders push to, its pre-processor and
+/// its reused tensor.
+struct Worker {
+    queue: FrameQueue,
+    prep: Preprocess,
+    tensor: Vec<f32>,
+}
+
+impl Worker {
+    /// One batch as the worker runs it: the frames arrive, are taken as a batch,
+    /// pre-processed and run.
+    fn batch(&mut self, model: &mut Model, frames: &[Arc<Frame>], t: &mut Split) -> Vec<Vec<f32>> {
+        let t0 = Instant::now();
+        for f in frames {
+            self.queue.push(f.clone());
+        }
+        let batch = next_batch(&self.queue, frames.len(), MAX_WAIT);
+        assert_eq!(batch.len(), frames.len(), "next_batch took a partial batch");
+        let pictures: Vec<Picture<'_>> = batch.iter().map(|f| f.picture()).collect();
+        self.tensor
+            .resize(model.manifest.input.frame_len() * batch.len(), 0.0);
+        let t1 = Instant::now();
+        self.prep
+            .run_batch(&pictures, &mut self.tensor)
+            .expect("pre-process the batch");
+        let t2 = Instant::now();
+        let rows = model.run(&self.tensor, batch.len()).expect("run the batch");
+        let t3 = Instant::now();
+        t.batches += 1;
+        t.queue += t1 - t0;
+        t.prep += t2 - t1;
+        t.infer += t3 - t2;
+        rows
+    }
+}
+
+/// Bare against pipeline for one model and batch size.
+struct Compared {
+    model: String,
+    n: usize,
+    bare: Duration,
+    bare_batches: usize,
+    pipe: Split,
+    /// Overhead of each round (pipeline ÷ bare − 1), sorted.
+    rounds: Vec<f64>,
+    python: Option<f64>,
+}
+
+impl Compared {
+    fn bare_ms(&self) -> f64 {
+        ms(self.bare) / self.bare_batches as f64
+    }
+    fn pipe_ms(&self) -> f64 {
+        ms(self.pipe.total()) / self.pipe.batches as f64
+    }
+    fn stage_ms(&self, d: Duration) -> f64 {
+        ms(d) / self.pipe.batches as f64
+    }
+    fn overhead(&self) -> f64 {
+        self.pipe_ms() / self.bare_ms() - 1.0
+    }
+    /// Overhead without the pre-processing: queueing, batching and the tensor hand-off.
+    fn batching_overhead(&self) -> f64 {
+        self.stage_ms(self.pipe.queue + self.pipe.infer) / self.bare_ms() - 1.0
+    }
+}
+
+fn compare(
+    plan: &Plan,
+    model: &mut Model,
+    frames: &[Arc<Frame>],
+    n: usize,
+    dir: &Path,
+    python: Option<&Path>,
+) -> Compared {
+    let manifest = model.manifest.clone();
+    let frames = &frames[..n];
+    let per = manifest.input.frame_len();
+    let mut worker = Worker {
+        queue: FrameQueue::new(QUEUE),
+        prep: Preprocess::Cpu(Preprocessor::new(&manifest.input)),
+        tensor: Vec::new(),
+    };
+
+    // the ready tensor: the same frames, pre-processed once
+    let pictures: Vec<Picture<'_>> = frames.iter().map(|f| f.picture()).collect();
+    let mut ready = vec![0.0f32; per * n];
+    worker
+        .prep
+        .run_batch(&pictures, &mut ready)
+        .expect("pre-process the batch");
+    let want = model.run(&ready, n).expect("run the batch");
+    let mut warm = Split::default();
+    let got = worker.batch(model, frames, &mut warm);
+    assert_eq!(worker.tensor, ready, "the pipeline made another tensor");
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() <= 1e-5, "pipeline {g:?} against bare {w:?}");
+        }
+    }
+
+    // warm-up, then blocks of about BLOCK seconds each, alternating
+    let t = Instant::now();
+    let warm_runs = if plan.full { 2 } else { 0 };
+    for _ in 0..warm_runs {
+        black_box(model.run(&ready, n).expect("run the batch"));
+        worker.batch(model, frames, &mut warm);
+    }
+    let per_batch = t.elapsed().as_secs_f64() / (2 * warm_runs).max(1) as f64;
+    let k = if plan.full {
+        ((BLOCK / per_batch).round() as usize).max(1)
+    } else {
+        1
+    };
+    let (mut bare, mut bare_batches, mut pipe, mut rounds) =
+        (Duration::ZERO, 0, Split::default(), Vec::new());
+    loop {
+        let t = Instant::now();
+        for _ in 0..k {
+            black_box(model.run(black_box(&ready), n).expect("run the batch"));
+        }
+        let b = t.elapsed();
+        let mut s = Split::default();
+        for _ in 0..k {
+            black_box(worker.batch(model, frames, &mut s));
+        }
+        rounds.push(s.total().as_secs_f64() / b.as_secs_f64() - 1.0);
+        bare += b;
+        bare_batches += k;
+        pipe.add(&s);
+        if bare.as_secs_f64() >= plan.seconds && pipe.total().as_secs_f64() >= plan.seconds {
+            break;
+        }
+    }
+    rounds.sort_by(f64::total_cmp);
+
+    let python = python.and_then(|py| {
+        let file = dir.join(format!("{}-batch{n}.f32", manifest.name));
+        let bytes: Vec<u8> = ready.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&file, bytes).expect("write the tensor");
+        let shape: Vec<String> = manifest
+            .input
+            .shape(n)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let out = Command::new(py)
+            .arg(repo().join("benches/support/ort_bench.py"))
+            .arg(&manifest.file)
+            .args([&manifest.input.name, &manifest.output.name])
+            .arg(&file)
+            .arg(shape.join(","))
+            .arg(plan.seconds.to_string())
+            .output()
+            .expect("run benches/support/ort_bench.py");
+        if !out.status.success() {
+            println!(
+                "classify/python: n/a — ort_bench.py failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ort_bench.py JSON");
+        if manifest.output.activation == Activation::None {
+            let rows = v["scores"].as_array().expect("scores");
+            for (row, w) in rows.iter().zip(&want) {
+                for (a, b) in row.as_array().expect("a row").iter().zip(w) {
+                    let a = a.as_f64().expect("a score") as f32;
+                    assert!(
+                        (a - b).abs() <= 1e-4,
+                        "{}: Python onnxruntime scores {a}, livewatch {b}",
+                        manifest.name
+                    );
+                }
+            }
+        }
+        v["ms_per_batch"].as_f64()
+    });
+
+    Compared {
+        model: manifest.name.clone(),
+        n,
+        bare,
+        bare_batches,
+        pipe,
+        rounds,
+        python,
+    }
+}
+
+/// The CPU twin's time per frame on these frames, one thread.
+fn cpu_prep_ms(plan: &Plan, manifest: &Manifest, frames: &[Arc<Frame>]) -> f64 {
+    let mut p = Preprocessor::new(&manifest.input);
+    let mut out = vec![0.0f32; manifest.input.frame_len()];
+    let (mut done, t) = (0usize, Instant::now());
+    loop {
+        for f in frames {
+            p.run(&f.picture(), &mut out).expect("pre-process");
+            black_box(&out);
+        }
+        done += frames.len();
+        if t.elapsed().as_secs_f64() >= plan.short_seconds {
+            break;
+        }
+    }
+    ms(t.elapsed()) / done as f64
+}
+
+/// GPU pre-processing per frame (upload, compute, readback) and the largest difference from
+/// the CPU twin's tensor; `Err` says why there is none.
+fn gpu_prep(
+    plan: &Plan,
+    manifest: &Manifest,
+    frames: &[Arc<Frame>],
+) -> Result<(String, bool, Timings, f32), String> {
+    let frames = &frames[..plan.gpu_batch.min(frames.len())];
+    let mut gpu = GpuPreprocessor::new(&manifest.input, AdapterChoice::Auto, true)
+        .map_err(|e| format!("{e:#}"))?;
+    let info = gpu.adapter_info().clone();
+    let software = info.device_type == wgpu::DeviceType::Cpu;
+    let pictures: Vec<Picture<'_>> = frames.iter().map(|f| f.picture()).collect();
+    let per = manifest.input.frame_len();
+    let mut out = vec![0.0f32; per * frames.len()];
+    gpu.run_batch(&pictures, &mut out)
+        .map_err(|e| format!("{e:#}"))?;
+    let mut cpu = vec![0.0f32; out.len()];
+    Preprocess::Cpu(Preprocessor::new(&manifest.input))
+        .run_batch(&pictures, &mut cpu)
+        .expect("pre-process");
+    let diff = out
+        .iter()
+        .zip(&cpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let rounds = if plan.full { 3 } else { 1 };
+    let mut sum = Timings::default();
+    for _ in 0..rounds {
+        let t = gpu
+            .run_batch(&pictures, &mut out)
+            .map_err(|e| format!("{e:#}"))?;
+        sum.upload += t.upload;
+        sum.compute += t.compute;
+        sum.readback += t.readback;
+    }
+    let per_frame = |d: Duration| d / (rounds * frames.len()) as u32;
+    Ok((
+        format!("{} ({:?})", info.name, info.backend),
+        software,
+        Timings {
+            upload: per_frame(sum.upload),
+            compute: per_frame(sum.compute),
+            readback: per_frame(sum.readback),
+        },
+        diff,
+    ))
+}
+
+/// Decoding on one thread, as a live stream's decoder runs: every frame, or the keyframes only
+/// (with libavcodec's low-delay flag, as keyframes mode opens its decoder). Returns ms per
+/// decoded frame and the frames decoded per pass.
+fn decode_ms(plan: &Plan, path: &Path, keyframes_only: bool) -> (f64, usize) {
+    livewatch::init_media();
+    let mut input = ff::format::input(path).expect("open the clip");
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Video)
+        .expect("a video stream");
+    let (index, params) = (stream.index(), stream.parameters());
+    let packets: Vec<ff::Packet> = input
+        .packets()
+        .filter(|(s, p)| s.index() == index && (!keyframes_only || p.is_key()))
+        .map(|(_, p)| p)
+        .collect();
+    let (mut frames, mut spent) = (0usize, Duration::ZERO);
+    let per_pass = loop {
+        let mut ctx = ff::codec::context::Context::from_parameters(params.clone())
+            .expect("decoder parameters");
+        ctx.set_threading(ff::codec::threading::Config::count(1));
+        if keyframes_only {
+            ctx.set_flags(ff::codec::Flags::LOW_DELAY);
+        }
+        let mut decoder = ctx.decoder().video().expect("open the decoder");
+        let mut picture = ff::frame::Video::empty();
+        let mut n = 0;
+        let t = Instant::now();
+        for p in &packets {
+            decoder.send_packet(p).expect("decode");
+            while decoder.receive_frame(&mut picture).is_ok() {
+                n += 1;
+            }
+        }
+        decoder.send_eof().expect("flush");
+        while decoder.receive_frame(&mut picture).is_ok() {
+            n += 1;
+        }
+        spent += t.elapsed();
+        frames += n;
+        if spent.as_secs_f64() >= plan.short_seconds {
+            break n;
+        }
+    };
+    (ms(spent) / frames as f64, per_pass)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn main() {
+    // `cargo bench` passes --bench; under `cargo test` this runs once, small, as a check
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = Plan::new(full);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lib = runtime::init(None).unwrap_or_else(|e| panic!("{e:#}"));
+    println!(
+        "classify: ONNX Runtime {} ({}), CPU provider, default intra-op threads; {cores} cores \
+         ({})",
+        runtime::version().unwrap_or("?"),
+        lib.file_name().unwrap_or_default().to_string_lossy(),
+        cpu_model()
+    );
+    if !full {
+        println!(
+            "classify: test build, tiny-red and a small clip, each path once: checks the \
+             paths, timings not meaningful"
+        );
+    }
+    let dir = repo().join("target/classify-bench");
+    std::fs::create_dir_all(&dir).expect("create target/classify-bench");
+    let models_dir = repo().join("models");
+    let manifests: Vec<Manifest> = plan
+        .models
+        .iter()
+        .map(|name| {
+            find_manifest(&models_dir, name)
+                .unwrap_or_else(|e| panic!("{e:#}\n(scripts/setup.sh fetches the models)"))
+        })
+        .collect();
+    let python = repo().join(".venv/bin/python");
+    let python = python.exists().then_some(python);
+    if python.is_none() {
+        println!("classify/python: n/a — .venv missing, run scripts/setup.sh for the cross-check");
+    }
+
+    let clips: Vec<((usize, usize), PathBuf)> = plan
+        .sizes
+        .iter()
+        .map(|&(w, h)| ((w, h), clip(&dir, w, h, plan.clip_seconds)))
+        .collect();
+    let sized: Vec<((usize, usize), Vec<Arc<Frame>>)> = clips
+        .iter()
+        .map(|(size, path)| (*size, frames(path, plan.frames())))
+        .collect();
+    let (main_size, main_frames) = (&sized[0].0, &sized[0].1);
+
+    // the CPU twin per frame, per model and size
+    let mut prep_rows = Vec::new();
+    for m in &manifests {
+        for ((w, h), fr) in &sized {
+            let t = cpu_prep_ms(&plan, m, fr);
+            println!(
+                "classify/preprocess {} {w}x{h}: {t:.2} ms/frame (CPU twin, one thread)",
+                m.name
+            );
+            prep_rows.push((m.name.clone(), (*w, *h), t));
+        }
+    }
+
+    // bare against pipeline
+    let mut results = Vec::new();
+    for m in &manifests {
+        let mut model = load(m);
+        for &n in plan.batches {
+            let c = compare(&plan, &mut model, main_frames, n, &dir, python.as_deref());
+            println!(
+                "classify/{} batch {n:2}: bare {:.2} ms/batch, pipeline {:.2} (queue {:.3}, \
+                 preprocess {:.2}, inference {:.2}); overhead {:+.1} % ({:+.1} % without \
+                 preprocessing; rounds {:+.1}..{:+.1} %); python onnxruntime {}",
+                c.model,
+                c.bare_ms(),
+                c.pipe_ms(),
+                c.stage_ms(c.pipe.queue),
+                c.stage_ms(c.pipe.prep),
+                c.stage_ms(c.pipe.infer),
+                c.overhead() * 100.0,
+                c.batching_overhead() * 100.0,
+                c.rounds[0] * 100.0,
+                c.rounds[c.rounds.len() - 1] * 100.0,
+                c.python
+                    .map_or("n/a".into(), |p| format!("{p:.2} ms/batch")),
+            );
+            results.push(c);
+        }
+    }
+
+    // GPU pre-processing
+    let mut gpu_rows = Vec::new();
+    if list_adapters().is_empty() {
+        println!("classify/gpu-preprocess: n/a — no wgpu adapter (Vulkan or GL)");
+    } else {
+        for m in &manifests {
+            match gpu_prep(&plan, m, main_frames) {
+                Ok((adapter, software, t, diff)) => {
+                    println!(
+                        "classify/gpu-preprocess {} {}x{} batch {}: upload {:.3} ms/frame, \
+                         compute {:.3}, readback {:.3} ({:.0} KB tensor per frame); adapter {adapter}{}; \
+                         largest difference from the CPU twin {diff}",
+                        m.name,
+                        main_size.0,
+                        main_size.1,
+                        plan.gpu_batch,
+                        ms(t.upload),
+                        ms(t.compute),
+                        ms(t.readback),
+                        (m.input.frame_len() * 4) as f64 / 1000.0,
+                        if software {
+                            " — software: informational only"
+                        } else {
+                            ""
+                        },
+                    );
+                    gpu_rows.push((m.name.clone(), adapter, software, t));
+                }
+                Err(e) => println!("classify/gpu-preprocess {}: n/a — {e}", m.name),
+            }
+        }
+    }
+
+    // decoding every frame against keyframes only
+    let mut decode_rows = Vec::new();
+    for ((w, h), path) in &clips {
+        let (all, n_all) = decode_ms(&plan, path, false);
+        let (key, n_key) = decode_ms(&plan, path, true);
+        println!(
+            "classify/decode {w}x{h}: every frame {all:.2} ms/frame ({n_all} frames), keyframes \
+             only {key:.2} ms/keyframe ({n_key} keyframes); one thread"
+        );
+        decode_rows.push(((*w, *h), all, key, n_all, n_key));
+    }
+
+    // summary
+    println!();
+    println!(
+        "| model | batch | bare ms/image | pipeline ms/image | preprocess ms/image | overhead | \
+         without preprocessing | bare images/s | per core | pipeline images/s | per core | \
+         Python ORT ms/image |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for c in &results {
+        let n = c.n as f64;
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.1} % | {:+.1} % | {:.1} | {:.1} | {:.1} | \
+             {:.1} | {} |",
+            c.model,
+            c.n,
+            c.bare_ms() / n,
+            c.pipe_ms() / n,
+            c.stage_ms(c.pipe.prep) / n,
+            c.overhead() * 100.0,
+            c.batching_overhead() * 100.0,
+            1e3 * n / c.bare_ms(),
+            1e3 * n / c.bare_ms() / cores as f64,
+            1e3 * n / c.pipe_ms(),
+            1e3 * n / c.pipe_ms() / cores as f64,
+            c.python.map_or("n/a".into(), |p| format!("{:.2}", p / n)),
+        );
+    }
+    println!();
+    println!("| model | frame | CPU twin ms/frame |");
+    println!("| --- | --- | --- |");
+    for (name, (w, h), t) in &prep_rows {
+        println!("| {name} | {w}x{h} | {t:.2} |");
+    }
+    if !gpu_rows.is_empty() {
+        println!();
+        println!("| model | adapter | upload ms/frame | compute | readback |");
+        println!("| --- | --- | --- | --- | --- |");
+        for (name, adapter, software, t) in &gpu_rows {
+            println!(
+                "| {name} | {adapter}{} | {:.3} | {:.3} | {:.3} |",
+                if *software { ", software" } else { "" },
+                ms(t.upload),
+                ms(t.compute),
+                ms(t.readback)
+            );
+        }
+    }
+    println!();
+    println!(
+        "| clip | every frame ms/frame | keyframes only ms/keyframe | % of a core per 30 fps \
+         stream, every frame | keyframes only (1 s GOP) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for ((w, h), all, key, n_all, n_key) in &decode_rows {
+        // frames and keyframes per second of this 30 fps clip
+        let seconds = *n_all as f64 / 30.0;
+        println!(
+            "| {w}x{h} | {all:.2} | {key:.2} | {:.1} % | {:.2} % |",
+            30.0 * all / 10.0,
+            *n_key as f64 / seconds * key / 10.0
+        );
+    }
+}
