@@ -149,6 +149,14 @@ fn clip(dir: &Path, w: usize, h: usize, seconds: u32) -> PathBuf {
     path
 }
 
+/// A clip and the decoded frames the pipeline takes from it.
+struct Clip {
+    w: usize,
+    h: usize,
+    path: PathBuf,
+    frames: Vec<Arc<Frame>>,
+}
+
 /// `n` decoded pictures of a clip, one every half second, each from its own stream (pictures
 /// are repeated when the clip is short).
 fn frames(path: &Path, n: usize) -> Vec<Arc<Frame>> {
@@ -552,22 +560,22 @@ fn main() {
         println!("classify/python: n/a — .venv missing, run scripts/setup.sh for the cross-check");
     }
 
-    let clips: Vec<((usize, usize), PathBuf)> = plan
+    let clips: Vec<Clip> = plan
         .sizes
         .iter()
-        .map(|&(w, h)| ((w, h), clip(&dir, w, h, plan.clip_seconds)))
+        .map(|&(w, h)| {
+            let path = clip(&dir, w, h, plan.clip_seconds);
+            let frames = frames(&path, plan.frames());
+            Clip { w, h, path, frames }
+        })
         .collect();
-    let sized: Vec<((usize, usize), Vec<Arc<Frame>>)> = clips
-        .iter()
-        .map(|(size, path)| (*size, frames(path, plan.frames())))
-        .collect();
-    let (main_size, main_frames) = (&sized[0].0, &sized[0].1);
+    let main = &clips[0];
 
     // the CPU twin per frame, per model and size
     let mut prep_rows = Vec::new();
     for m in &manifests {
-        for ((w, h), fr) in &sized {
-            let t = cpu_prep_ms(&plan, m, fr);
+        for Clip { w, h, frames, .. } in &clips {
+            let t = cpu_prep_ms(&plan, m, frames);
             println!(
                 "classify/preprocess {} {w}x{h}: {t:.2} ms/frame (CPU twin, one thread)",
                 m.name
@@ -581,7 +589,7 @@ fn main() {
     for m in &manifests {
         let mut model = load(m);
         for &n in plan.batches {
-            let c = compare(&plan, &mut model, main_frames, n, &dir, python.as_deref());
+            let c = compare(&plan, &mut model, &main.frames, n, &dir, python.as_deref());
             println!(
                 "classify/{} batch {n:2}: bare {:.2} ms/batch, pipeline {:.2} (queue {:.3}, \
                  preprocess {:.2}, inference {:.2}); overhead {:+.1} % ({:+.1} % without \
@@ -609,15 +617,15 @@ fn main() {
         println!("classify/gpu-preprocess: n/a — no wgpu adapter (Vulkan or GL)");
     } else {
         for m in &manifests {
-            match gpu_prep(&plan, m, main_frames) {
+            match gpu_prep(&plan, m, &main.frames) {
                 Ok((adapter, software, t, diff)) => {
                     println!(
                         "classify/gpu-preprocess {} {}x{} batch {}: upload {:.3} ms/frame, \
                          compute {:.3}, readback {:.3} ({:.0} KB tensor per frame); adapter {adapter}{}; \
                          largest difference from the CPU twin {diff}",
                         m.name,
-                        main_size.0,
-                        main_size.1,
+                        main.w,
+                        main.h,
                         plan.gpu_batch,
                         ms(t.upload),
                         ms(t.compute),
@@ -638,7 +646,7 @@ fn main() {
 
     // decoding every frame against keyframes only
     let mut decode_rows = Vec::new();
-    for ((w, h), path) in &clips {
+    for Clip { w, h, path, .. } in &clips {
         let (all, n_all) = decode_ms(&plan, path, false);
         let (key, n_key) = decode_ms(&plan, path, true);
         println!(

@@ -35,7 +35,7 @@ struct Params {
     // x: the scale; the rest unused.
     scale: vec4<f32>,
     mean: vec4<f32>,
-    std: vec4<f32>,
+    stdev: vec4<f32>,
 }
 
 // One picture: field for field `PicDesc` in src/classify/gpu.rs (80 bytes).
@@ -173,7 +173,7 @@ fn resize_cols(
     }
     let scaled = pre_rounded(acc * params.scale.x);
     for (var c = 0u; c < 3u; c++) {
-        let v = (scaled[params.order[c]] - params.mean[c]) / params.std[c];
+        let v = (scaled[params.order[c]] - params.mean[c]) / params.stdev[c];
         if params.interleaved != 0u {
             out[p.out + t * 3u + c] = v;
         } else {

@@ -488,3 +488,44 @@ fn a_library_that_cannot_be_loaded_is_an_error_with_the_loaders_reason() {
         assert!(stdout.contains(want), "{want:?} not in: {stdout}");
     }
 }
+
+/// A model whose batch size is fixed (2 here) still takes any batch: livewatch runs it in
+/// chunks of 2, padding the last, and the scores are those of the same model with a free batch.
+#[test]
+fn a_model_with_a_fixed_batch_size_runs_in_chunks() {
+    let original = manifest("tiny-red");
+    let (dir, _) = tiny_copy(|t| t, true);
+    let fixed = dir.path().join("tiny-red.onnx");
+    let script = "import onnx, sys\n\
+        m = onnx.load(sys.argv[1])\n\
+        for v in list(m.graph.input) + list(m.graph.output):\n\
+        \x20   v.type.tensor_type.shape.dim[0].dim_value = 2\n\
+        onnx.save(m, sys.argv[1])\n";
+    let ok = std::process::Command::new(common::venv_python())
+        .args(["-c", script])
+        .arg(&fixed)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "making the fixed-batch copy");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&fixed).unwrap()))
+    };
+    let text = std::fs::read_to_string(&original.path)
+        .unwrap()
+        .replace(&original.sha256, &sha);
+    std::fs::write(dir.path().join("tiny-red.toml"), text).unwrap();
+    let m = Manifest::load(&dir.path().join("tiny-red.toml")).unwrap();
+    let mut model = load(&m);
+    assert_eq!(model.fixed_batch(), Some(2));
+    let input = pseudo_random(3 * m.input.frame_len(), 7, 0.0, 255.0);
+    let rows = model.run(&input, 3).unwrap();
+    let free = load(&original).run(&input, 3).unwrap();
+    assert_eq!(rows.len(), 3);
+    for (a, b) in rows.iter().zip(&free) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= TOLERANCE, "{a:?} vs {b:?}");
+        }
+    }
+}

@@ -58,7 +58,7 @@ struct Params {
     order: [u32; 4],
     scale: [f32; 4],
     mean: [f32; 4],
-    std: [f32; 4],
+    stdev: [f32; 4],
 }
 
 /// One picture, field for field the kernels' `Pic` (80 bytes).
@@ -263,7 +263,7 @@ impl GpuPreprocessor {
             order: [order[0] as u32, order[1] as u32, order[2] as u32, 0],
             scale: [spec.scale, 0.0, 0.0, 0.0],
             mean: [spec.mean[0], spec.mean[1], spec.mean[2], 0.0],
-            std: [spec.std[0], spec.std[1], spec.std[2], 1.0],
+            stdev: [spec.std[0], spec.std[1], spec.std[2], 1.0],
         };
         let uniform = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("classify params"),

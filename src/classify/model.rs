@@ -268,14 +268,31 @@ impl Model {
                 input.len()
             );
         }
-        if let Some(fixed) = self.fixed_batch {
-            if n != fixed {
-                bail!(
-                    "model {:?} takes batches of exactly {fixed}, got {n}",
-                    m.name
-                );
+        if let Some(fixed) = self.fixed_batch.filter(|f| *f != n && *f > 0) {
+            // a model with a fixed batch size runs in chunks of it, the last one padded
+            let mut rows = Vec::with_capacity(n);
+            let mut padded = Vec::new();
+            for start in (0..n).step_by(fixed) {
+                let k = fixed.min(n - start);
+                let chunk = &input[start * per_item..(start + k) * per_item];
+                let chunk = if k == fixed {
+                    chunk
+                } else {
+                    padded.clear();
+                    padded.extend_from_slice(chunk);
+                    padded.resize(fixed * per_item, 0.0);
+                    &padded[..]
+                };
+                rows.extend(self.run_exact(chunk, fixed)?.into_iter().take(k));
             }
+            return Ok(rows);
         }
+        self.run_exact(input, n)
+    }
+
+    /// Runs one batch of exactly the size the session takes.
+    fn run_exact(&mut self, input: &[f32], n: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        let m = &self.manifest;
         let shape = m.input.shape(n);
         let tensor = TensorRef::from_array_view((shape, input))
             .map_err(|e| anyhow!("{e}"))
