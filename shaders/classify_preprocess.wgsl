@@ -95,7 +95,7 @@ fn pre_byte(i: u32) -> u32 {
     return (input[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
 }
 
-// Source pixel (x, y) as RGB in 0..255: `ColorTables::rgb` and `convert_row`.
+// Source pixel (x, y) as RGB in 0..255, as `convert_row`.
 fn pre_pixel(p: Pic, x: u32, y: u32) -> vec3<f32> {
     if p.kind == PIC_RGB {
         let i = p.y_off + y * p.y_stride + x * 3u;
