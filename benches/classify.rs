@@ -12,16 +12,21 @@
 //!   then `Model::run`. The decision stage's hand-off (a channel send per frame) and the
 //!   metrics are left out.
 //!
-//! Both run on one session, alternating in blocks of about a quarter of a second so that the
-//! load of this shared machine weighs on both alike, until each has run `SECONDS` seconds.
-//! Overhead is pipeline ÷ bare − 1, printed with and without the pre-processing. ONNX Runtime
-//! runs with its default intra-op threads (one per core); images/s per core divides by
-//! `available_parallelism`. The pipeline's scores must equal the bare ones.
+//! Both run on one session, alternating in blocks of about a quarter of a second (at least
+//! one batch) so that the load of this shared machine weighs on both alike, until each has run
+//! 8 seconds. Overhead is pipeline ÷ bare − 1 over all blocks, printed with and without the
+//! pre-processing, and for the median round (a block of bare batches and the pipeline block
+//! right after it). ONNX Runtime runs with its default intra-op threads (one per core);
+//! images/s per core divides by `available_parallelism`. The pipeline's tensor and scores must
+//! equal the bare ones. Other processes' CPU use meanwhile is read from `/proc` and printed
+//! in cores: figures taken while it is well above 0 are not worth much.
 //!
 //! Also measured, in the same run:
 //! * the CPU twin's time per 720p and 1080p frame, per model (one thread);
-//! * Python's onnxruntime on the same tensor (`benches/support/ort_bench.py`), a cross-check
-//!   of the bare column; "n/a" without the project's `.venv`;
+//! * Python's onnxruntime on the same tensor (`benches/support/ort_bench.py`), with its CPU
+//!   memory arena (its default) and without (as livewatch's sessions run: `ort`'s
+//!   `ep::CPU::default()` turns it off): a cross-check of the bare column; "n/a" without the
+//!   project's `.venv`;
 //! * the GPU pre-processing (wgpu) per frame, split into upload, compute and readback (the
 //!   tensor copied back to the host for ONNX Runtime); on a software adapter such as Mesa's
 //!   lavapipe the figures are informational only; "n/a" without an adapter;
@@ -30,6 +35,11 @@
 //!
 //! Clips: ffmpeg `testsrc2`, 30 fps, H.264 high profile, 1 s GOP, no B-frames, 10 s, made once
 //! under `target/classify-bench/`. Needs `scripts/setup.sh` (ONNX Runtime, models, ffmpeg).
+//!
+//! `CLASSIFY_BENCH_MODELS=open-nsfw` and `CLASSIFY_BENCH_BATCHES=16` (comma-separated lists)
+//! run some of the configurations only. `CLASSIFY_BENCH_PROVIDERS=cuda` (or `tensorrt,cuda`)
+//! runs the sessions on a GPU instead, as `[classifier] providers` would (the ONNX Runtime GPU
+//! build is needed; there is no Python cross-check then).
 //!
 //! Run with `cargo bench --bench classify`. Without `--bench` (under `cargo test`) it runs each
 //! path once on the tiny test model `tiny-red` and a small clip, as a check.
@@ -45,7 +55,7 @@ use livewatch::classify::gpu::{GpuPreprocessor, Timings};
 use livewatch::classify::manifest::{Activation, Manifest};
 use livewatch::classify::model::{find_manifest, Model, SessionOptions};
 use livewatch::classify::preprocess::{Picture, Preprocess, Preprocessor};
-use livewatch::classify::runtime;
+use livewatch::classify::runtime::{self, ProviderKind};
 use livewatch::classify::service::next_batch;
 use livewatch::decode::{for_each_video_frame, Frame, FrameQueue};
 use livewatch::hash::gpu::{list_adapters, AdapterChoice};
@@ -59,8 +69,8 @@ const BLOCK: f64 = 0.25;
 /// What a run measures.
 struct Plan {
     full: bool,
-    models: &'static [&'static str],
-    batches: &'static [usize],
+    models: Vec<String>,
+    batches: Vec<usize>,
     /// Seconds per path per configuration (bare, pipeline, Python).
     seconds: f64,
     /// Seconds of pre-processing and of decoding per measurement.
@@ -69,6 +79,8 @@ struct Plan {
     sizes: &'static [(usize, usize)],
     clip_seconds: u32,
     gpu_batch: usize,
+    /// ONNX Runtime's execution providers, as in `[classifier] providers`.
+    providers: Vec<ProviderKind>,
 }
 
 impl Plan {
@@ -76,24 +88,35 @@ impl Plan {
         if full {
             Plan {
                 full,
-                models: &["image-safety-classifier-s", "open-nsfw"],
-                batches: &[1, 16],
-                seconds: 4.0,
+                models: list(
+                    "CLASSIFY_BENCH_MODELS",
+                    "image-safety-classifier-s,open-nsfw",
+                ),
+                batches: list("CLASSIFY_BENCH_BATCHES", "1,16"),
+                seconds: 8.0,
                 short_seconds: 2.0,
                 sizes: &[(1280, 720), (1920, 1080)],
                 clip_seconds: 10,
                 gpu_batch: 16,
+                providers: list::<String>("CLASSIFY_BENCH_PROVIDERS", "cpu")
+                    .iter()
+                    .map(|p| {
+                        serde_json::from_value(serde_json::Value::String(p.clone()))
+                            .unwrap_or_else(|e| panic!("CLASSIFY_BENCH_PROVIDERS: {p:?}: {e}"))
+                    })
+                    .collect(),
             }
         } else {
             Plan {
                 full,
-                models: &["tiny-red"],
-                batches: &[1, 4],
+                models: vec!["tiny-red".into()],
+                batches: vec![1, 4],
                 seconds: 0.0,
                 short_seconds: 0.0,
                 sizes: &[(320, 180)],
                 clip_seconds: 1,
                 gpu_batch: 2,
+                providers: vec![ProviderKind::Cpu],
             }
         }
     }
@@ -102,6 +125,18 @@ impl Plan {
     fn frames(&self) -> usize {
         self.batches.iter().copied().max().unwrap_or(1)
     }
+}
+
+/// A comma-separated list from the environment, or the default.
+fn list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
+    let text = std::env::var(var).unwrap_or_else(|_| default.into());
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{var}: cannot read {v:?}"))
+        })
+        .collect()
 }
 
 fn repo() -> PathBuf {
@@ -179,11 +214,14 @@ fn frames(path: &Path, n: usize) -> Vec<Arc<Frame>> {
         .collect()
 }
 
-/// Loads a model on the CPU as the worker does by default; a missing model stops the bench
-/// with load's own message (which says how to fetch it).
-fn load(manifest: &Manifest) -> Model {
-    Model::load(manifest, &SessionOptions::default())
-        .unwrap_or_else(|e| panic!("{e}\n(scripts/setup.sh fetches the models)"))
+/// Loads a model on the plan's providers, with the worker's other defaults; a missing model
+/// or provider stops the bench with load's own message (which says what to do).
+fn load(plan: &Plan, manifest: &Manifest) -> Model {
+    let opts = SessionOptions {
+        providers: plan.providers.clone(),
+        ..SessionOptions::default()
+    };
+    Model::load(manifest, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Time spent per pipeline stage.
@@ -253,7 +291,11 @@ struct Compared {
     pipe: Split,
     /// Overhead of each round (pipeline ÷ bare − 1), sorted.
     rounds: Vec<f64>,
-    python: Option<f64>,
+    /// Cores' worth of other processes' CPU meanwhile.
+    others: Option<f64>,
+    /// Python onnxruntime's ms per batch with and without the memory arena, and other
+    /// processes' load meanwhile.
+    python: Option<(Option<f64>, Option<f64>, Option<f64>)>,
 }
 
 impl Compared {
@@ -273,6 +315,11 @@ impl Compared {
     fn batching_overhead(&self) -> f64 {
         self.stage_ms(self.pipe.queue + self.pipe.infer) / self.bare_ms() - 1.0
     }
+    /// The median round's overhead: each round pairs a block of bare batches with the block of
+    /// pipeline batches right after it, so a burst of other work skews few rounds.
+    fn median_overhead(&self) -> f64 {
+        self.rounds[self.rounds.len() / 2]
+    }
 }
 
 fn compare(
@@ -282,6 +329,7 @@ fn compare(
     n: usize,
     dir: &Path,
     python: Option<&Path>,
+    cores: usize,
 ) -> Compared {
     let manifest = model.manifest.clone();
     let frames = &frames[..n];
@@ -324,6 +372,7 @@ fn compare(
     };
     let (mut bare, mut bare_batches, mut pipe, mut rounds) =
         (Duration::ZERO, 0, Split::default(), Vec::new());
+    let load = Load::now();
     loop {
         let t = Instant::now();
         for _ in 0..k {
@@ -344,49 +393,17 @@ fn compare(
     }
     rounds.sort_by(f64::total_cmp);
 
-    let python = python.and_then(|py| {
+    let others = load.and_then(|l| l.others_since(cores));
+    let python = python.map(|py| {
         let file = dir.join(format!("{}-batch{n}.f32", manifest.name));
         let bytes: Vec<u8> = ready.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&file, bytes).expect("write the tensor");
-        let shape: Vec<String> = manifest
-            .input
-            .shape(n)
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
-        let out = Command::new(py)
-            .arg(repo().join("benches/support/ort_bench.py"))
-            .arg(&manifest.file)
-            .args([&manifest.input.name, &manifest.output.name])
-            .arg(&file)
-            .arg(shape.join(","))
-            .arg(plan.seconds.to_string())
-            .output()
-            .expect("run benches/support/ort_bench.py");
-        if !out.status.success() {
-            println!(
-                "classify/python: n/a — ort_bench.py failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ort_bench.py JSON");
-        if manifest.output.activation == Activation::None {
-            let rows = v["scores"].as_array().expect("scores");
-            for (row, w) in rows.iter().zip(&want) {
-                for (a, b) in row.as_array().expect("a row").iter().zip(w) {
-                    let a = a.as_f64().expect("a score") as f32;
-                    assert!(
-                        (a - b).abs() <= 1e-4,
-                        "{}: Python onnxruntime scores {a}, livewatch {b}",
-                        manifest.name
-                    );
-                }
-            }
-        }
-        v["ms_per_batch"].as_f64()
+        let load = Load::now();
+        let arena = python_ms(py, plan, &manifest, &file, n, true, &want);
+        let no_arena = python_ms(py, plan, &manifest, &file, n, false, &want);
+        let others = load.and_then(|l| l.others_since(cores));
+        (arena, no_arena, others)
     });
-
     Compared {
         model: manifest.name.clone(),
         n,
@@ -394,7 +411,107 @@ fn compare(
         bare_batches,
         pipe,
         rounds,
+        others,
         python,
+    }
+}
+
+/// Python onnxruntime's ms per batch on the same tensor (`benches/support/ort_bench.py`), with
+/// or without the CPU memory arena; its scores are checked against livewatch's.
+fn python_ms(
+    py: &Path,
+    plan: &Plan,
+    manifest: &Manifest,
+    tensor: &Path,
+    n: usize,
+    arena: bool,
+    want: &[Vec<f32>],
+) -> Option<f64> {
+    let shape: Vec<String> = manifest
+        .input
+        .shape(n)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let out = Command::new(py)
+        .arg(repo().join("benches/support/ort_bench.py"))
+        .arg(&manifest.file)
+        .args([&manifest.input.name, &manifest.output.name])
+        .arg(tensor)
+        .arg(shape.join(","))
+        .arg((plan.seconds / 2.0).to_string())
+        .arg(if arena { "arena" } else { "no-arena" })
+        .output()
+        .expect("run benches/support/ort_bench.py");
+    if !out.status.success() {
+        println!(
+            "classify/python: n/a — ort_bench.py failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ort_bench.py JSON");
+    if manifest.output.activation == Activation::None {
+        let rows = v["scores"].as_array().expect("scores");
+        for (row, w) in rows.iter().zip(want) {
+            for (a, b) in row.as_array().expect("a row").iter().zip(w) {
+                let a = a.as_f64().expect("a score") as f32;
+                assert!(
+                    (a - b).abs() <= 1e-4,
+                    "{}: Python onnxruntime scores {a}, livewatch {b}",
+                    manifest.name
+                );
+            }
+        }
+    }
+    v["ms_per_batch"].as_f64()
+}
+
+/// CPU ticks from `/proc` (Linux): the machine's, busy and in all, and this process's with its
+/// waited-for children. On a shared machine they say how much else was running meanwhile.
+#[derive(Clone, Copy)]
+struct Load {
+    total: u64,
+    busy: u64,
+    mine: u64,
+}
+
+impl Load {
+    fn now() -> Option<Load> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // cpu  user nice system idle iowait irq softirq steal ...
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if cpu.len() < 8 {
+            return None;
+        }
+        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // after "pid (comm) ", fields 3 onwards: utime stime cutime cstime are 14 to 17
+        let fields: Vec<i64> = me[me.rfind(')')? + 1..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let mine = fields.get(11..15)?.iter().map(|&t| t.max(0) as u64).sum();
+        Some(Load {
+            total: cpu.iter().sum(),
+            busy: cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6],
+            mine,
+        })
+    }
+
+    /// Cores' worth of CPU time other processes used since this reading, on average.
+    fn others_since(&self, cores: usize) -> Option<f64> {
+        let now = Load::now()?;
+        let per_core = now.total.checked_sub(self.total)? as f64 / cores as f64;
+        let mine = now.mine.saturating_sub(self.mine);
+        let others = now.busy.saturating_sub(self.busy).saturating_sub(mine);
+        (per_core > 0.0).then(|| others as f64 / per_core)
     }
 }
 
@@ -529,12 +646,14 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let plan = Plan::new(full);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run_load = Load::now();
     let lib = runtime::init(None).unwrap_or_else(|e| panic!("{e:#}"));
     println!(
-        "classify: ONNX Runtime {} ({}), CPU provider, default intra-op threads; {cores} cores \
-         ({})",
+        "classify: ONNX Runtime {} ({}), providers {:?}, default intra-op threads; {cores} \
+         cores ({})",
         runtime::version().unwrap_or("?"),
         lib.file_name().unwrap_or_default().to_string_lossy(),
+        plan.providers,
         cpu_model()
     );
     if !full {
@@ -555,8 +674,11 @@ fn main() {
         })
         .collect();
     let python = repo().join(".venv/bin/python");
-    let python = python.exists().then_some(python);
-    if python.is_none() {
+    let cpu_only = plan.providers.iter().all(|p| *p == ProviderKind::Cpu);
+    let python = (python.exists() && cpu_only).then_some(python);
+    if !cpu_only {
+        println!("classify/python: n/a — the cross-check runs on the CPU provider only");
+    } else if python.is_none() {
         println!("classify/python: n/a — .venv missing, run scripts/setup.sh for the cross-check");
     }
 
@@ -587,13 +709,24 @@ fn main() {
     // bare against pipeline
     let mut results = Vec::new();
     for m in &manifests {
-        let mut model = load(m);
-        for &n in plan.batches {
-            let c = compare(&plan, &mut model, &main.frames, n, &dir, python.as_deref());
+        let mut model = load(&plan, m);
+        for &n in &plan.batches {
+            let c = compare(
+                &plan,
+                &mut model,
+                &main.frames,
+                n,
+                &dir,
+                python.as_deref(),
+                cores,
+            );
+            let opt =
+                |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.2}{unit}"));
             println!(
                 "classify/{} batch {n:2}: bare {:.2} ms/batch, pipeline {:.2} (queue {:.3}, \
                  preprocess {:.2}, inference {:.2}); overhead {:+.1} % ({:+.1} % without \
-                 preprocessing; rounds {:+.1}..{:+.1} %); python onnxruntime {}",
+                 preprocessing; median round {:+.1} %, rounds {:+.1}..{:+.1} %); other \
+                 processes {} cores",
                 c.model,
                 c.bare_ms(),
                 c.pipe_ms(),
@@ -602,11 +735,22 @@ fn main() {
                 c.stage_ms(c.pipe.infer),
                 c.overhead() * 100.0,
                 c.batching_overhead() * 100.0,
+                c.median_overhead() * 100.0,
                 c.rounds[0] * 100.0,
                 c.rounds[c.rounds.len() - 1] * 100.0,
-                c.python
-                    .map_or("n/a".into(), |p| format!("{p:.2} ms/batch")),
+                opt(c.others, ""),
             );
+            if let Some((arena, no_arena, others)) = c.python {
+                println!(
+                    "classify/{} batch {n:2}: python onnxruntime {} with its memory arena \
+                     (the default), {} without (as livewatch's session); other processes {} \
+                     cores",
+                    c.model,
+                    opt(arena, " ms/batch"),
+                    opt(no_arena, " ms/batch"),
+                    opt(others, ""),
+                );
+            }
             results.push(c);
         }
     }
@@ -660,27 +804,34 @@ fn main() {
     println!();
     println!(
         "| model | batch | bare ms/image | pipeline ms/image | preprocess ms/image | overhead | \
-         without preprocessing | bare images/s | per core | pipeline images/s | per core | \
-         Python ORT ms/image |"
+         median round | without preprocessing | bare images/s | per core | pipeline images/s | \
+         per core | Python ORT ms/image, arena | no arena | other load, cores |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for c in &results {
         let n = c.n as f64;
+        let py = |v: Option<f64>| v.map_or("n/a".into(), |p| format!("{:.2}", p / n));
+        let (arena, no_arena) = c.python.map_or((None, None), |(a, b, _)| (a, b));
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.1} % | {:+.1} % | {:.1} | {:.1} | {:.1} | \
-             {:.1} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.1} % | {:+.1} % | {:+.1} % | {:.1} | {:.1} | \
+             {:.1} | {:.1} | {} | {} | {} |",
             c.model,
             c.n,
             c.bare_ms() / n,
             c.pipe_ms() / n,
             c.stage_ms(c.pipe.prep) / n,
             c.overhead() * 100.0,
+            c.median_overhead() * 100.0,
             c.batching_overhead() * 100.0,
             1e3 * n / c.bare_ms(),
             1e3 * n / c.bare_ms() / cores as f64,
             1e3 * n / c.pipe_ms(),
             1e3 * n / c.pipe_ms() / cores as f64,
-            c.python.map_or("n/a".into(), |p| format!("{:.2}", p / n)),
+            py(arena),
+            py(no_arena),
+            c.others.map_or("n/a".into(), |o| format!("{o:.2}")),
         );
     }
     println!();
@@ -718,4 +869,11 @@ fn main() {
             *n_key as f64 / seconds * key / 10.0
         );
     }
+    println!();
+    println!(
+        "classify: other processes used {} cores on average during this run",
+        run_load
+            .and_then(|l| l.others_since(cores))
+            .map_or("n/a".into(), |o| format!("{o:.2}"))
+    );
 }
