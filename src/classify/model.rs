@@ -391,7 +391,7 @@ fn provider_dispatch(
 ) -> Result<ep::ExecutionProviderDispatch, String> {
     let model = manifest.name.as_str();
     let dispatch = match p {
-        ProviderKind::Cpu => ep::CPU::default().build(),
+        ProviderKind::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
         ProviderKind::Cuda => ep::CUDA::default().with_device_id(opts.device_id).build(),
         ProviderKind::TensorRt => {
             // fp16 changes scores; keep the model's own precision unless someone measures it
