@@ -254,3 +254,55 @@ fn a_model_that_cannot_be_used_stops_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// The same incident with the WGSL pre-processing, on Mesa's software Vulkan (the kernels'
+/// results equal the CPU twin's there; `allow_software` lets a test use it).
+#[test]
+fn gpu_pre_processing_raises_the_same_incident() {
+    if livewatch::hash::gpu::list_adapters().is_empty() {
+        eprintln!("\n*** SKIPPED: no wgpu adapter at all (install mesa-vulkan-drivers) ***\n");
+        return;
+    }
+    let (red, calm) = (red_clip(), calm_clip());
+    let server = RtspServer::start(free_port(), &[("red", &red), ("calm", &calm)]);
+    let receiver = Receiver::start(0);
+    let config = classifier_config(
+        "[[classifier.models]]\nname = \"tiny-red\"\nwindow_frames = 4\nmin_frames = 3\n",
+        &receiver,
+        &[
+            ("cam-red", server.url("red")),
+            ("cam-calm", server.url("calm")),
+        ],
+    )
+    .replace(
+        "[classifier]\n",
+        "[classifier]\npreprocess = \"gpu\"\nallow_software = true\n",
+    );
+    let lw = Livewatch::start(tempfile::tempdir().unwrap(), &config);
+    wait_for(
+        120,
+        "a classifier incident for cam-red and 10 classified frames of cam-calm",
+        || {
+            let calm = lw.stream("cam-calm")["frames_classified"]
+                .as_u64()
+                .unwrap_or(0);
+            (calm >= 10 && !for_stream(&receiver.records(), "cam-red").is_empty()).then_some(())
+        },
+    );
+    let records = receiver.records();
+    assert!(for_stream(&records, "cam-calm").is_empty(), "{records:#?}");
+    assert_eq!(
+        for_stream(&records, "cam-red")[0]["body"]["data"]["reason"],
+        "classifier"
+    );
+    let (_, text) = lw.get("/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "livewatch_classifier_info{mode=\"enforce\",model=\"tiny-red\",preprocess=\"gpu\",provider=\"cpu\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    lw.terminate();
+}
