@@ -998,7 +998,7 @@ impl RawConfig {
             };
             match o {
                 None => Ok(Some(c.fps)),
-                Some(v) if v == 0.0 => Ok(None),
+                Some(0.0) => Ok(None),
                 Some(v) if v.is_finite() && v > 0.0 && v <= 240.0 => Ok(Some(v)),
                 Some(v) => Err(err(
                     None,

@@ -381,12 +381,15 @@ pub struct Decider {
     /// Frames older than this leave every window.
     max_window: Duration,
     /// The latest scores of each stream and model, newest last.
-    scores: HashMap<(Arc<str>, Arc<str>), std::collections::VecDeque<Vec<f32>>>,
+    scores: HashMap<(Arc<str>, Arc<str>), ScoreWindow>,
     /// Shadow models: when each stream's would-be incident last had evidence.
     shadow_seen: HashMap<(Arc<str>, Arc<str>), Instant>,
     /// The latest would-be incidents of shadow models.
     pub shadow_log: ShadowLog,
 }
+
+/// A stream's latest score vectors of one model, oldest first.
+type ScoreWindow = std::collections::VecDeque<Vec<f32>>;
 
 /// Shared with the API.
 pub type ShadowLog = Arc<parking_lot::Mutex<std::collections::VecDeque<ShadowAlert>>>;

@@ -649,17 +649,13 @@ pub fn hash_video_file_with(
     pixels: VideoPixels,
 ) -> anyhow::Result<Vec<VideoFrameHash>> {
     use anyhow::Context as _;
-    crate::init_media();
-    let mut input =
-        ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let stream = input
-        .streams()
-        .find(|s| s.parameters().medium() == ff::media::Type::Video)
-        .with_context(|| format!("{}: no video stream", path.display()))?;
-    let index = stream.index();
-    let fps = vpdq_frame_rate(stream.avg_frame_rate(), stream.rate())
-        .with_context(|| format!("{}: the video's frame rate is unknown", path.display()))?;
-    let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
+    let VideoInput {
+        mut input,
+        index,
+        fps,
+        parameters,
+    } = open_video(path)?;
+    let mut ctx = ff::codec::context::Context::from_parameters(parameters)?;
     // slice threads, as many as libavcodec chooses (count 0); the output is the same
     ctx.set_threading(ff::codec::threading::Config::kind(
         ff::codec::threading::Type::Slice,
@@ -678,7 +674,7 @@ pub fn hash_video_file_with(
         while decoder.receive_frame(&mut picture).is_ok() {
             let n = frame_number;
             frame_number += 1;
-            if n % every != 0 {
+            if !n.is_multiple_of(every) {
                 continue;
             }
             if let Some(hash) = converter.hash(&picture, &mut hasher) {
@@ -873,17 +869,13 @@ pub fn for_each_video_frame(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use ff::format::Pixel;
-    crate::init_media();
-    let mut input =
-        ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let stream = input
-        .streams()
-        .find(|s| s.parameters().medium() == ff::media::Type::Video)
-        .with_context(|| format!("{}: no video stream", path.display()))?;
-    let index = stream.index();
-    let fps = vpdq_frame_rate(stream.avg_frame_rate(), stream.rate())
-        .with_context(|| format!("{}: the video's frame rate is unknown", path.display()))?;
-    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())?;
+    let VideoInput {
+        mut input,
+        index,
+        fps,
+        parameters,
+    } = open_video(path)?;
+    let ctx = ff::codec::context::Context::from_parameters(parameters)?;
     let mut decoder = ctx
         .decoder()
         .video()
@@ -897,7 +889,7 @@ pub fn for_each_video_frame(
         while decoder.receive_frame(&mut picture).is_ok() {
             let n = frame_number;
             frame_number += 1;
-            if n % every != 0 {
+            if !n.is_multiple_of(every) {
                 continue;
             }
             let full_range = picture.color_range() == ff::color::Range::JPEG
@@ -956,4 +948,33 @@ pub fn for_each_video_frame(
     }
     decoder.send_eof()?;
     drain(&mut decoder)
+}
+
+/// The first video stream of a file, opened for decoding, with vpdq's frame rate.
+struct VideoInput {
+    input: ff::format::context::Input,
+    index: usize,
+    fps: f64,
+    parameters: ff::codec::Parameters,
+}
+
+fn open_video(path: &std::path::Path) -> anyhow::Result<VideoInput> {
+    use anyhow::Context as _;
+    crate::init_media();
+    let input =
+        ff::format::input(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let stream = input
+        .streams()
+        .find(|s| s.parameters().medium() == ff::media::Type::Video)
+        .with_context(|| format!("{}: no video stream", path.display()))?;
+    let index = stream.index();
+    let fps = vpdq_frame_rate(stream.avg_frame_rate(), stream.rate())
+        .with_context(|| format!("{}: the video's frame rate is unknown", path.display()))?;
+    let parameters = stream.parameters();
+    Ok(VideoInput {
+        input,
+        index,
+        fps,
+        parameters,
+    })
 }

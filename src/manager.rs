@@ -258,7 +258,7 @@ impl Manager {
             sampling.mode = o.mode.unwrap_or(sampling.mode);
             sampling.rate = o.rate.unwrap_or(sampling.rate);
             match o.classify_fps {
-                Some(v) if v == 0.0 => sampling.classify = None,
+                Some(0.0) => sampling.classify = None,
                 Some(v) if sampling.classify.is_some() => {
                     if !(v.is_finite() && v > 0.0 && v <= 240.0) {
                         return Err(StreamError::Invalid(

@@ -29,7 +29,7 @@ use super::manifest::{InputSpec, Layout};
 use super::preprocess::{
     channel_order, check_spec, ColorTables, Matrix, Picture, ResampleCache, Taps,
 };
-use crate::hash::gpu::{enumerate, new_instance, pick_adapter, AdapterChoice};
+use crate::hash::gpu::{enumerate, grow, new_instance, pick_adapter, AdapterChoice};
 
 const PREPROCESS_WGSL: &str = include_str!("../../shaders/classify_preprocess.wgsl");
 
@@ -169,31 +169,6 @@ struct Buffers {
 
 fn buf(b: &Option<wgpu::Buffer>) -> &wgpu::Buffer {
     b.as_ref().expect("buffer allocated before use")
-}
-
-/// Allocates (or reallocates, larger) `slot` for `need` bytes, at most `cap`; true when it did.
-fn grow(
-    device: &wgpu::Device,
-    slot: &mut Option<wgpu::Buffer>,
-    need: u64,
-    cap: u64,
-    usage: wgpu::BufferUsages,
-    label: &str,
-    mapped: bool,
-) -> bool {
-    let need = need.max(256).next_multiple_of(256);
-    if slot.as_ref().is_some_and(|b| b.size() >= need) {
-        return false;
-    }
-    // a quarter more than asked, so a slowly growing batch does not reallocate every time
-    let size = (need + need / 4).next_multiple_of(256).min(cap).max(need);
-    *slot = Some(device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size,
-        usage,
-        mapped_at_creation: mapped,
-    }));
-    true
 }
 
 /// Pre-processing for one input spec on a GPU adapter.

@@ -1293,8 +1293,8 @@ impl GpuHasher {
 }
 
 /// Allocates (or reallocates, larger) `slot` for `need` bytes, at most `cap` (a multiple of
-/// 256 and at least `need`); true when it did.
-fn grow(
+/// 256 and at least `need`); true when it did. The classifier's kernels use it too.
+pub(crate) fn grow(
     device: &wgpu::Device,
     slot: &mut Option<wgpu::Buffer>,
     need: u64,
@@ -1448,7 +1448,7 @@ mod tests {
                 let noise = (state >> 40) as usize % 29;
                 let block = ((x / bw) ^ (y / bh)) % 2 * 77;
                 let v = (x * 255 / w + y * 128 / h + block + noise + seed as usize * 13) % 256;
-                out[y * stride + x] = if limited && (state >> 20) % 50 != 0 {
+                out[y * stride + x] = if limited && !(state >> 20).is_multiple_of(50) {
                     (16 + v * 219 / 255) as u8
                 } else {
                     v as u8
