@@ -359,27 +359,7 @@ impl Reloader {
         let (dir, name, text) = (self.state_dir.clone(), bank.to_string(), lines.to_string());
         let added = blocking(move || Ok(bank::append_items(&dir, &name, &text)?)).await?;
         let n = added.len();
-        let next = Banks {
-            banks: current
-                .banks
-                .iter()
-                .map(|x| {
-                    if *x.name == *bank {
-                        x.with_added(added.clone(), lines)
-                    } else {
-                        x.clone()
-                    }
-                })
-                .collect(),
-        };
-        let version = next
-            .banks
-            .iter()
-            .find(|b| *b.name == *bank)
-            .map(|b| b.version.clone())
-            .unwrap_or_default();
-        bank::export_sizes(&next);
-        self.banks.store(Arc::new(next));
+        let version = self.swap_bank(&current, bank, |b| b.with_added(added, lines));
         info!(bank, added = n, version = %version, "bank items added");
         Ok(Some((n, version)))
     }
@@ -402,16 +382,27 @@ impl Reloader {
         }
         let (dir, name, it) = (self.state_dir.clone(), bank.to_string(), item.to_string());
         blocking(move || Ok(bank::remove_item(&dir, &name, &it)?)).await?;
+        let version = self.swap_bank(&current, bank, |b| b.with_removed(item));
+        info!(bank, item, hashes = n, version = %version, "bank item removed");
+        Ok(Some((n, version)))
+    }
+
+    /// Swaps in a new set of banks where `bank` is replaced by `change(bank)` and the others
+    /// are shared; returns the changed bank's new version.
+    fn swap_bank(
+        &self,
+        current: &Banks,
+        bank: &str,
+        change: impl FnOnce(&bank::Bank) -> bank::Bank,
+    ) -> String {
+        let mut change = Some(change);
         let next = Banks {
             banks: current
                 .banks
                 .iter()
-                .map(|x| {
-                    if *x.name == *bank {
-                        x.with_removed(item)
-                    } else {
-                        x.clone()
-                    }
+                .map(|x| match change.take_if(|_| *x.name == *bank) {
+                    Some(f) => f(x),
+                    None => x.clone(),
                 })
                 .collect(),
         };
@@ -423,8 +414,7 @@ impl Reloader {
             .unwrap_or_default();
         bank::export_sizes(&next);
         self.banks.store(Arc::new(next));
-        info!(bank, item, hashes = n, version = %version, "bank item removed");
-        Ok(Some((n, version)))
+        version
     }
 
     /// Reloads on every SIGHUP, telling systemd around it.

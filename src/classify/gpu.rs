@@ -29,7 +29,7 @@ use super::manifest::{InputSpec, Layout};
 use super::preprocess::{
     channel_order, check_spec, ColorTables, Matrix, Picture, ResampleCache, Taps,
 };
-use crate::hash::gpu::{enumerate, grow, new_instance, pick_adapter, AdapterChoice};
+use crate::hash::gpu::{enumerate, error_scoped, grow, new_instance, pick_adapter, AdapterChoice};
 
 const PREPROCESS_WGSL: &str = include_str!("../../shaders/classify_preprocess.wgsl");
 
@@ -221,9 +221,8 @@ impl GpuPreprocessor {
         }))
         .with_context(|| format!("open a device on {}", info.name))?;
 
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let (layout, rows, cols) = build_pipelines(&device);
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let ((layout, rows, cols), err) = error_scoped(&device, || build_pipelines(&device));
+        if let Some(e) = err {
             bail!(
                 "the pre-processing kernels do not build on {}: {e}",
                 info.name
@@ -322,17 +321,13 @@ impl GpuPreprocessor {
     /// than left to the device's default handler (a panic). After one, every buffer is
     /// dropped, so the next batch allocates afresh.
     fn scoped<T>(&mut self, f: impl FnOnce(&mut Self) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = f(self);
-        let invalid = pollster::block_on(invalid.pop());
-        let oom = pollster::block_on(oom.pop());
-        match oom.or(invalid) {
-            Some(e) => {
+        let device = self.device.clone();
+        match error_scoped(&device, || f(self)) {
+            (_, Some(e)) => {
                 self.bufs = Buffers::default();
                 Err(anyhow!("GPU error on {}: {e}", self.info.name))
             }
-            None => result,
+            (result, None) => result,
         }
     }
 

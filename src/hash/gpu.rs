@@ -523,9 +523,8 @@ impl GpuHasher {
         }))
         .with_context(|| format!("open a device on {}", info.name))?;
 
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = build_pipelines(&device, &[]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (pipelines, err) = error_scoped(&device, || build_pipelines(&device, &[]));
+        if let Some(e) = err {
             bail!("the PDQ kernels do not build on {}: {e}", info.name);
         }
 
@@ -602,17 +601,13 @@ impl GpuHasher {
     /// than left to the device's default handler (a panic). After one, every buffer is
     /// dropped, so the next batch allocates afresh.
     fn scoped<T>(&mut self, f: impl FnOnce(&mut Self) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = f(self);
-        let invalid = pollster::block_on(invalid.pop());
-        let oom = pollster::block_on(oom.pop());
-        match oom.or(invalid) {
-            Some(e) => {
+        let device = self.device.clone();
+        match error_scoped(&device, || f(self)) {
+            (_, Some(e)) => {
                 self.sets = Default::default();
                 Err(anyhow!("GPU error on {}: {e}", self.info.name))
             }
-            None => result,
+            (result, None) => result,
         }
     }
 
@@ -1290,6 +1285,21 @@ impl GpuHasher {
             })
             .collect())
     }
+}
+
+/// Runs `f` with wgpu's validation and out-of-memory errors caught rather than left to the
+/// device's default handler (a panic): its result, and the first such error, if any. Both
+/// kernel drivers (PDQ and the classifier's pre-processing) go through it.
+pub(crate) fn error_scoped<T>(
+    device: &wgpu::Device,
+    f: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = f();
+    let invalid = pollster::block_on(invalid.pop());
+    let oom = pollster::block_on(oom.pop());
+    (result, oom.or(invalid))
 }
 
 /// Allocates (or reallocates, larger) `slot` for `need` bytes, at most `cap` (a multiple of
