@@ -146,6 +146,13 @@ fn streams_are_attached_and_detached_at_run_time_and_persist() {
             "{\"url\": \"rtsp://h/a\", \"sampling\": {\"rate\": 0}}",
             422,
         ),
+        // no classifier model is configured here
+        (
+            "PUT",
+            "/v1/streams/x",
+            "{\"url\": \"rtsp://h/a\", \"sampling\": {\"classify_fps\": 2}}",
+            422,
+        ),
         (
             "PUT",
             "/v1/streams/from-config",
