@@ -1,25 +1,27 @@
 //! The classifier on the CPU: what the live worker does per batch against ONNX Runtime alone,
-//! on the same model, session and batch size, in one run.
+//! on the same model and batch size, in one run.
 //!
 //! For each real model (`image-safety-classifier-s`, NCHW 224; `open-nsfw`, NHWC 256 → 224
 //! crop) at batches of 1 and 16:
 //!
 //! * **bare**: `Model::run` on a ready tensor (ONNX Runtime itself: `run` wraps the slice
 //!   without copying it and reads the output rows back).
-//! * **pipeline**: the worker's path, composed of the same public pieces it uses: decoded 720p
-//!   frames (`Arc<Frame>`, one per stream) pushed to a `FrameQueue`, taken by
-//!   `service::next_batch`, pre-processed by the CPU twin (`Preprocess::Cpu`) into the tensor,
-//!   then `Model::run`. The decision stage's hand-off (a channel send per frame) and the
-//!   metrics are left out.
+//! * **pipeline**: the live worker itself (`service::run_worker`) on a second session of the
+//!   same model: decoded 720p frames (`Arc<Frame>`, one per stream) pushed to its
+//!   `FrameQueue` as decoders push them; its pre-processing thread takes them with
+//!   `next_batch` and pre-processes each batch on the CPU twin (`Preprocess::Cpu`) while its
+//!   inference thread runs the previous one through `Model::run`; the scores come back on a
+//!   channel (where the live worker hands them to the decision stage).
 //!
-//! Both run on one session, alternating in blocks of about a quarter of a second (at least
-//! one batch) so that the load of this shared machine weighs on both alike, until each has run
-//! 8 seconds. Overhead is pipeline ÷ bare − 1 over all blocks, printed with and without the
-//! pre-processing, and for the median round (a block of bare batches and the pipeline block
-//! right after it). ONNX Runtime runs with its default intra-op threads (one per core);
-//! images/s per core divides by `available_parallelism`. The pipeline's tensor and scores must
-//! equal the bare ones. Other processes' CPU use meanwhile is read from `/proc` and printed
-//! in cores: figures taken while it is well above 0 are not worth much.
+//! The two alternate in blocks of about half a second (at least four batches, so that the
+//! pipeline's filling and draining weigh little) so that the load of this shared machine
+//! weighs on both alike, until each has run 8 seconds. Overhead is pipeline ÷ bare − 1 over
+//! all blocks, and for the median round (a block of bare batches and the pipeline block right
+//! after it); the pre-processing and inference times inside the pipeline come from the
+//! worker's own `livewatch_classifier_seconds`. ONNX Runtime runs with its default intra-op
+//! threads (one per core); images/s per core divides by `available_parallelism`. The
+//! pipeline's scores must equal the bare ones. Other processes' CPU use meanwhile is read from
+//! `/proc` and printed in cores: figures taken while it is well above 0 are not worth much.
 //!
 //! Also measured, in the same run:
 //! * the CPU twin's time per 720p and 1080p frame, per model (one thread);
@@ -50,21 +52,25 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use ffmpeg_next as ff;
 use livewatch::classify::gpu::{GpuPreprocessor, Timings};
 use livewatch::classify::manifest::{Activation, Manifest};
 use livewatch::classify::model::{find_manifest, Model, SessionOptions};
 use livewatch::classify::preprocess::{Picture, Preprocess, Preprocessor};
 use livewatch::classify::runtime::{self, ProviderKind};
-use livewatch::classify::service::next_batch;
+use livewatch::classify::service::run_worker;
 use livewatch::decode::{for_each_video_frame, Frame, FrameQueue};
 use livewatch::hash::gpu::{list_adapters, AdapterChoice};
+use livewatch::health::Heartbeats;
+use livewatch::metrics::{classifier_stage, metrics};
 
 /// The live worker's defaults (`[classifier] max_wait_ms`, `queue`).
 const MAX_WAIT: Duration = Duration::from_millis(20);
 const QUEUE: usize = 256;
-/// Length of one block of bare or pipeline batches.
-const BLOCK: f64 = 0.25;
+/// Length of one block of bare or pipeline batches, and the fewest batches in one.
+const BLOCK: f64 = 0.5;
+const MIN_BLOCK: usize = 4;
 
 /// What a run measures.
 struct Plan {
@@ -224,61 +230,99 @@ fn load(plan: &Plan, manifest: &Manifest) -> Model {
     Model::load(manifest, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Time spent per pipeline stage.
+/// The pipeline's time: wall time of its blocks, and the time its two threads spent in
+/// pre-processing and in inference (from the worker's own `livewatch_classifier_seconds`).
 #[derive(Default, Clone, Copy)]
 struct Split {
     batches: usize,
-    /// Pushing the frames to the queue, `next_batch`, the pictures and the tensor's size.
-    queue: Duration,
-    prep: Duration,
-    infer: Duration,
+    wall: Duration,
+    prep: f64,
+    infer: f64,
 }
 
 impl Split {
-    fn total(&self) -> Duration {
-        self.queue + self.prep + self.infer
-    }
     fn add(&mut self, o: &Split) {
         self.batches += o.batches;
-        self.queue += o.queue;
+        self.wall += o.wall;
         self.prep += o.prep;
         self.infer += o.infer;
     }
 }
 
-/// The live worker's state for one model: the queue decoders push to, its pre-processor and
-/// its reused tensor.
-struct Worker {
-    queue: FrameQueue,
-    prep: Preprocess,
-    tensor: Vec<f32>,
+/// Seconds recorded so far in a stage of `livewatch_classifier_seconds`.
+fn stage_seconds(stage: &str) -> f64 {
+    metrics()
+        .classifier_seconds
+        .with_label_values(&[stage])
+        .get_sample_sum()
 }
 
-impl Worker {
-    /// One batch as the worker runs it: the frames arrive, are taken as a batch,
-    /// pre-processed and run.
-    fn batch(&mut self, model: &mut Model, frames: &[Arc<Frame>], t: &mut Split) -> Vec<Vec<f32>> {
-        let t0 = Instant::now();
-        for f in frames {
-            self.queue.push(f.clone());
+/// The live worker (`service::run_worker`: a pre-processing thread feeding the session's
+/// thread) running on its own thread, fed through a `FrameQueue`, the scores coming back on
+/// a channel.
+struct Pipeline {
+    queue: Arc<FrameQueue>,
+    scores: Receiver<Vec<Vec<f32>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    fn start(model: Model, prep: Preprocess, n: usize) -> Pipeline {
+        let queue = Arc::new(FrameQueue::new(QUEUE));
+        let (tx, scores) = crossbeam_channel::unbounded();
+        let q = queue.clone();
+        let thread = std::thread::spawn(move || {
+            let health = Heartbeats::default();
+            let beats = [health.register("infer"), health.register("prep")];
+            run_worker(vec![(model, prep)], &q, n, MAX_WAIT, beats, |_, _, rows| {
+                tx.send(rows).is_ok()
+            });
+        });
+        Pipeline {
+            queue,
+            scores,
+            thread: Some(thread),
         }
-        let batch = next_batch(&self.queue, frames.len(), MAX_WAIT);
-        assert_eq!(batch.len(), frames.len(), "next_batch took a partial batch");
-        let pictures: Vec<Picture<'_>> = batch.iter().map(|f| f.picture()).collect();
-        self.tensor
-            .resize(model.manifest.input.frame_len() * batch.len(), 0.0);
-        let t1 = Instant::now();
-        self.prep
-            .run_batch(&pictures, &mut self.tensor)
-            .expect("pre-process the batch");
-        let t2 = Instant::now();
-        let rows = model.run(&self.tensor, batch.len()).expect("run the batch");
-        let t3 = Instant::now();
-        t.batches += 1;
-        t.queue += t1 - t0;
-        t.prep += t2 - t1;
-        t.infer += t3 - t2;
-        rows
+    }
+
+    /// Pushes `k` batches of `frames` (one frame per stream each) as decoders would and waits
+    /// for all their scores. Returns the last batch's.
+    fn run(&self, frames: &[Arc<Frame>], k: usize, t: &mut Split) -> Vec<Vec<f32>> {
+        let (prep, infer) = (
+            stage_seconds(classifier_stage::PREPROCESS),
+            stage_seconds(classifier_stage::INFERENCE),
+        );
+        let started = Instant::now();
+        let mut last = Vec::new();
+        // at most QUEUE frames queued at once: none is dropped
+        let per_push = (QUEUE / frames.len()).max(1);
+        let mut pushed = 0;
+        let mut scored = 0;
+        while scored < k {
+            while pushed < k && pushed - scored < per_push {
+                for f in frames {
+                    self.queue.push(f.clone());
+                }
+                pushed += 1;
+            }
+            last = self.scores.recv().expect("the worker stopped");
+            assert_eq!(last.len(), frames.len(), "the worker took a partial batch");
+            scored += 1;
+        }
+        t.batches += k;
+        t.wall += started.elapsed();
+        t.prep += stage_seconds(classifier_stage::PREPROCESS) - prep;
+        t.infer += stage_seconds(classifier_stage::INFERENCE) - infer;
+        last
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.queue.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -303,17 +347,18 @@ impl Compared {
         ms(self.bare) / self.bare_batches as f64
     }
     fn pipe_ms(&self) -> f64 {
-        ms(self.pipe.total()) / self.pipe.batches as f64
+        ms(self.pipe.wall) / self.pipe.batches as f64
     }
-    fn stage_ms(&self, d: Duration) -> f64 {
-        ms(d) / self.pipe.batches as f64
+    /// Pre-processing per batch, on the worker's pre-processing thread.
+    fn prep_ms(&self) -> f64 {
+        self.pipe.prep * 1e3 / self.pipe.batches as f64
+    }
+    /// Inference per batch inside the pipeline.
+    fn infer_ms(&self) -> f64 {
+        self.pipe.infer * 1e3 / self.pipe.batches as f64
     }
     fn overhead(&self) -> f64 {
         self.pipe_ms() / self.bare_ms() - 1.0
-    }
-    /// Overhead without the pre-processing: queueing, batching and the tensor hand-off.
-    fn batching_overhead(&self) -> f64 {
-        self.stage_ms(self.pipe.queue + self.pipe.infer) / self.bare_ms() - 1.0
     }
     /// The median round's overhead: each round pairs a block of bare batches with the block of
     /// pipeline batches right after it, so a burst of other work skews few rounds.
@@ -324,49 +369,48 @@ impl Compared {
 
 fn compare(
     plan: &Plan,
-    model: &mut Model,
+    manifest: &Manifest,
     frames: &[Arc<Frame>],
     n: usize,
     dir: &Path,
     python: Option<&Path>,
     cores: usize,
 ) -> Compared {
-    let manifest = model.manifest.clone();
     let frames = &frames[..n];
     let per = manifest.input.frame_len();
-    let mut worker = Worker {
-        queue: FrameQueue::new(QUEUE),
-        prep: Preprocess::Cpu(Preprocessor::new(&manifest.input)),
-        tensor: Vec::new(),
-    };
+    let mut model = load(plan, manifest);
+    let pipeline = Pipeline::start(
+        load(plan, manifest),
+        Preprocess::Cpu(Preprocessor::new(&manifest.input)),
+        n,
+    );
 
     // the ready tensor: the same frames, pre-processed once
     let pictures: Vec<Picture<'_>> = frames.iter().map(|f| f.picture()).collect();
     let mut ready = vec![0.0f32; per * n];
-    worker
-        .prep
+    Preprocess::Cpu(Preprocessor::new(&manifest.input))
         .run_batch(&pictures, &mut ready)
         .expect("pre-process the batch");
     let want = model.run(&ready, n).expect("run the batch");
     let mut warm = Split::default();
-    let got = worker.batch(model, frames, &mut warm);
-    assert_eq!(worker.tensor, ready, "the pipeline made another tensor");
+    let got = pipeline.run(frames, 1, &mut warm);
     for (g, w) in got.iter().zip(&want) {
         for (a, b) in g.iter().zip(w) {
             assert!((a - b).abs() <= 1e-5, "pipeline {g:?} against bare {w:?}");
         }
     }
 
-    // warm-up, then blocks of about BLOCK seconds each, alternating
+    // warm-up, then blocks of about BLOCK seconds each (at least MIN_BLOCK batches, so that
+    // the pipeline's filling and draining weigh little), alternating
     let t = Instant::now();
     let warm_runs = if plan.full { 2 } else { 0 };
     for _ in 0..warm_runs {
         black_box(model.run(&ready, n).expect("run the batch"));
-        worker.batch(model, frames, &mut warm);
     }
+    pipeline.run(frames, warm_runs, &mut warm);
     let per_batch = t.elapsed().as_secs_f64() / (2 * warm_runs).max(1) as f64;
     let k = if plan.full {
-        ((BLOCK / per_batch).round() as usize).max(1)
+        ((BLOCK / per_batch).round() as usize).max(MIN_BLOCK)
     } else {
         1
     };
@@ -380,18 +424,17 @@ fn compare(
         }
         let b = t.elapsed();
         let mut s = Split::default();
-        for _ in 0..k {
-            black_box(worker.batch(model, frames, &mut s));
-        }
-        rounds.push(s.total().as_secs_f64() / b.as_secs_f64() - 1.0);
+        black_box(pipeline.run(frames, k, &mut s));
+        rounds.push(s.wall.as_secs_f64() / b.as_secs_f64() - 1.0);
         bare += b;
         bare_batches += k;
         pipe.add(&s);
-        if bare.as_secs_f64() >= plan.seconds && pipe.total().as_secs_f64() >= plan.seconds {
+        if bare.as_secs_f64() >= plan.seconds && pipe.wall.as_secs_f64() >= plan.seconds {
             break;
         }
     }
     rounds.sort_by(f64::total_cmp);
+    drop(pipeline);
 
     let others = load.and_then(|l| l.others_since(cores));
     let python = python.map(|py| {
@@ -399,8 +442,8 @@ fn compare(
         let bytes: Vec<u8> = ready.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&file, bytes).expect("write the tensor");
         let load = Load::now();
-        let arena = python_ms(py, plan, &manifest, &file, n, true, &want);
-        let no_arena = python_ms(py, plan, &manifest, &file, n, false, &want);
+        let arena = python_ms(py, plan, manifest, &file, n, true, &want);
+        let no_arena = python_ms(py, plan, manifest, &file, n, false, &want);
         let others = load.and_then(|l| l.others_since(cores));
         (arena, no_arena, others)
     });
@@ -709,32 +752,21 @@ fn main() {
     // bare against pipeline
     let mut results = Vec::new();
     for m in &manifests {
-        let mut model = load(&plan, m);
         for &n in &plan.batches {
-            let c = compare(
-                &plan,
-                &mut model,
-                &main.frames,
-                n,
-                &dir,
-                python.as_deref(),
-                cores,
-            );
+            let c = compare(&plan, m, &main.frames, n, &dir, python.as_deref(), cores);
             let opt =
                 |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.2}{unit}"));
             println!(
-                "classify/{} batch {n:2}: bare {:.2} ms/batch, pipeline {:.2} (queue {:.3}, \
-                 preprocess {:.2}, inference {:.2}); overhead {:+.1} % ({:+.1} % without \
-                 preprocessing; median round {:+.1} %, rounds {:+.1}..{:+.1} %); other \
-                 processes {} cores",
+                "classify/{} batch {n:2}: bare {:.2} ms/batch, pipeline {:.2} (pre-processing \
+                 {:.2} beside inference {:.2}); overhead {:+.1} % (inference alone {:+.1} %; \
+                 median round {:+.1} %, rounds {:+.1}..{:+.1} %); other processes {} cores",
                 c.model,
                 c.bare_ms(),
                 c.pipe_ms(),
-                c.stage_ms(c.pipe.queue),
-                c.stage_ms(c.pipe.prep),
-                c.stage_ms(c.pipe.infer),
+                c.prep_ms(),
+                c.infer_ms(),
                 c.overhead() * 100.0,
-                c.batching_overhead() * 100.0,
+                c.infer_ms() / c.bare_ms() * 100.0 - 100.0,
                 c.median_overhead() * 100.0,
                 c.rounds[0] * 100.0,
                 c.rounds[c.rounds.len() - 1] * 100.0,
@@ -804,7 +836,7 @@ fn main() {
     println!();
     println!(
         "| model | batch | bare ms/image | pipeline ms/image | preprocess ms/image | overhead | \
-         median round | without preprocessing | bare images/s | per core | pipeline images/s | \
+         median round | inference in the pipeline | bare images/s | per core | pipeline images/s | \
          per core | Python ORT ms/image, arena | no arena | other load, cores |"
     );
     println!(
@@ -821,10 +853,10 @@ fn main() {
             c.n,
             c.bare_ms() / n,
             c.pipe_ms() / n,
-            c.stage_ms(c.pipe.prep) / n,
+            c.prep_ms() / n,
             c.overhead() * 100.0,
             c.median_overhead() * 100.0,
-            c.batching_overhead() * 100.0,
+            c.infer_ms() / c.bare_ms() * 100.0 - 100.0,
             1e3 * n / c.bare_ms(),
             1e3 * n / c.bare_ms() / cores as f64,
             1e3 * n / c.pipe_ms(),

@@ -5,5 +5,7 @@ pub mod gpu;
 pub mod manifest;
 pub mod model;
 pub mod preprocess;
+#[cfg(target_arch = "x86_64")]
+mod preprocess_avx2;
 pub mod runtime;
 pub mod service;

@@ -490,10 +490,24 @@ pub struct Preprocessor {
     /// Each chroma sample's shares of R, G (U's) and B, and of G (V's), for the chroma row
     /// in use.
     chroma: Vec<[Px; 2]>,
+    /// The AVX2 path's buffers, where the CPU has AVX2 (YUV pictures take it).
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<Box<super::preprocess_avx2::Scratch>>,
 }
 
 impl Preprocessor {
+    /// The fastest path this CPU runs.
     pub fn new(spec: &InputSpec) -> Self {
+        let mut p = Self::portable(spec);
+        #[cfg(target_arch = "x86_64")]
+        if super::preprocess_avx2::available() {
+            p.avx2 = Some(Box::default());
+        }
+        p
+    }
+
+    /// The portable path only (what the fast paths are tested against).
+    pub fn portable(spec: &InputSpec) -> Self {
         Preprocessor {
             spec: spec.clone(),
             spec_ok: check_spec(spec).map_err(|e| format!("{e:#}")),
@@ -503,7 +517,18 @@ impl Preprocessor {
             tmp: Vec::new(),
             acc: Vec::new(),
             chroma: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            avx2: None,
         }
+    }
+
+    /// Which path YUV pictures take: `"avx2"` or `"portable"`.
+    pub fn path(&self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2.is_some() {
+            return "avx2";
+        }
+        "portable"
     }
 
     pub fn spec(&self) -> &InputSpec {
@@ -523,6 +548,15 @@ impl Preprocessor {
             self.spec.frame_len()
         );
         let rs = self.cache.get(pic.width(), pic.height());
+        #[cfg(target_arch = "x86_64")]
+        if let (Picture::Yuv420(p), Some(scratch)) = (pic, self.avx2.as_deref_mut()) {
+            // SAFETY: `avx2` is set only where the CPU has AVX2; the picture was checked, `rs`
+            // is for its size and `out` was checked against the spec.
+            unsafe {
+                super::preprocess_avx2::run(p, &rs, &self.spec, self.order, scratch, out);
+            }
+            return Ok(());
+        }
         let (ow, oh) = (self.spec.width as usize, self.spec.height as usize);
         // the row, and room for the padded taps past its end (read as zeros)
         let ks = rs.x.ksize;

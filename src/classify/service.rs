@@ -1,13 +1,15 @@
 //! The live classifier: inference workers fed frames of every stream.
 //!
 //! Decoders put the frames a stream samples for the classifier on one bounded queue (the
-//! oldest frame of a stream is dropped when it is full). Each worker owns a pre-processor and
-//! one ONNX Runtime session of every model; it takes what is queued, up to `max_batch`
-//! frames, waiting at most `max_wait` after the first one for more (dynamic batching across
-//! streams), pre-processes the batch into each model's tensor, runs it, and hands every
-//! frame's scores to the decision stage.
+//! oldest frame of a stream is dropped when it is full). Each worker is two threads: one takes
+//! what is queued, up to `max_batch` frames, waiting at most `max_wait` after the first one
+//! for more (dynamic batching across streams), and pre-processes the batch into each model's
+//! tensor; the other owns one ONNX Runtime session of every model, runs the batches the first
+//! one hands over (one in flight, so pre-processing the next batch overlaps inference of this
+//! one) and hands every frame's scores to the decision stage.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +18,14 @@ use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
 use super::gpu::GpuPreprocessor;
-use super::manifest::{Layout, Manifest};
+use super::manifest::{InputSpec, Layout, Manifest};
 use super::model::{self, Model, SessionOptions};
 use super::preprocess::{Picture, Preprocess, Preprocessor};
 use super::runtime::{self, ProviderKind};
 use crate::config::{ClassifierSpec, HashBackend, ModelSpec};
 use crate::decide::{Finding, ModelPolicy, Scored};
 use crate::decode::{Frame, FrameQueue};
+use crate::health::Beat;
 use crate::metrics::{classifier_stage, metrics};
 use crate::stream::StreamKey;
 
@@ -63,8 +66,6 @@ struct Slot {
     model: Model,
     policy: Arc<ModelPolicy>,
     prep: Preprocess,
-    /// Clip models: each stream's last sampled frames, pre-processed (a sliding window).
-    clips: HashMap<StreamKey, std::collections::VecDeque<Vec<f32>>>,
 }
 
 /// Turns a manifest and its `[[classifier.models]]` entry into the decision policy.
@@ -219,7 +220,6 @@ impl Classifier {
                             model,
                             policy: policy.clone(),
                             prep,
-                            clips: HashMap::new(),
                         });
                     }
                     per_worker.push(slots);
@@ -276,13 +276,26 @@ impl Classifier {
         let mut workers = Vec::new();
         for (i, slots) in per_worker.into_iter().enumerate() {
             let (queue, registry, tx) = (queue.clone(), registry.clone(), tx.clone());
-            let beat = health.register(format!("classify-{i}"));
+            let beats = [
+                health.register(format!("classify-{i}")),
+                health.register(format!("classify-{i}-prep")),
+            ];
             let (max_batch, max_wait) = (spec.max_batch, spec.max_wait);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("lw-classify-{i}"))
                     .spawn(move || {
-                        worker(slots, &queue, max_batch, max_wait, &registry, &tx, &beat)
+                        let policies: Vec<Arc<ModelPolicy>> =
+                            slots.iter().map(|s| s.policy.clone()).collect();
+                        let models = slots.into_iter().map(|s| (s.model, s.prep)).collect();
+                        run_worker(
+                            models,
+                            &queue,
+                            max_batch,
+                            max_wait,
+                            beats,
+                            |i, frames, rows| deliver(&policies[i], frames, rows, &registry, &tx),
+                        )
                     })
                     .context("spawn classifier thread")?,
             );
@@ -325,19 +338,146 @@ pub fn next_batch(queue: &FrameQueue, max: usize, max_wait: Duration) -> Vec<Arc
     batch
 }
 
-fn worker(
-    mut slots: Vec<Slot>,
+/// Hands a model's scores of a batch to the status API, the metrics and the decision stage.
+/// `false` once the decision stage is gone (shutting down).
+fn deliver(
+    policy: &Arc<ModelPolicy>,
+    frames: Vec<Arc<Frame>>,
+    rows: Vec<Vec<f32>>,
+    registry: &crate::manager::Registry,
+    tx: &Sender<Finding>,
+) -> bool {
+    let m = metrics();
+    let name = &*policy.name;
+    for (f, row) in frames.into_iter().zip(rows) {
+        let Some(status) = registry.get(f.stream) else {
+            continue; // removed meanwhile
+        };
+        m.classifier_frames.with_label_values(&[name]).inc();
+        for &(col, _) in &policy.thresholds {
+            m.classifier_score
+                .with_label_values(&[name, policy.labels[col].as_str()])
+                .observe(row[col] as f64);
+        }
+        status.set_scores(&policy.name, &policy.labels, &row, f.pts_us);
+        let finding = Finding::Scores(Scored {
+            stream: f.stream,
+            stream_id: status.id.clone(),
+            model: policy.clone(),
+            scores: row,
+            pts_us: f.pts_us,
+            arrival: f.arrival,
+            frame: policy.store_evidence.then(|| f.clone()),
+        });
+        if tx.send(finding).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// One model's share of a batch, pre-processed: the frames it scores (clip models: those
+/// whose stream has a full clip) and their tensor.
+struct Ready {
+    frames: Vec<Arc<Frame>>,
+    tensor: Vec<f32>,
+}
+
+/// What a worker runs: the pre-processing thread takes batches from the queue and
+/// pre-processes them for every model while the calling thread runs the previous batch
+/// through the sessions, so a session never waits for pre-processing on the CPU and the two
+/// overlap (one batch in flight between them). `on_scores(model, frames, rows)` gets each
+/// model's scores of a batch; returning `false` stops the worker. Returns once the queue is
+/// closed and drained, or stopped.
+///
+/// `beats`: the inference thread's and the pre-processing thread's.
+pub fn run_worker(
+    models: Vec<(Model, Preprocess)>,
     queue: &FrameQueue,
     max_batch: usize,
     max_wait: Duration,
-    registry: &crate::manager::Registry,
-    tx: &Sender<Finding>,
-    beat: &crate::health::Beat,
+    beats: [Beat; 2],
+    mut on_scores: impl FnMut(usize, Vec<Arc<Frame>>, Vec<Vec<f32>>) -> bool,
 ) {
     let m = metrics();
-    let mut tensor = Vec::new();
-    let mut clip_tensor = Vec::new();
-    loop {
+    let (mut sessions, preps): (Vec<Model>, Vec<Preprocess>) = models.into_iter().unzip();
+    let inputs: Vec<InputSpec> = sessions.iter().map(|s| s.manifest.input.clone()).collect();
+    let names: Vec<String> = sessions.iter().map(|s| s.manifest.name.clone()).collect();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Vec<Option<Ready>>>(1);
+    // tensors go back to the pre-processing thread: no allocation (and page faults) per batch
+    let (spare_tx, spare_rx) = crossbeam_channel::unbounded::<Vec<f32>>();
+    let stop = AtomicBool::new(false);
+    let [infer_beat, prep_beat] = beats;
+    let name = std::thread::current()
+        .name()
+        .map_or_else(|| "lw-classify".to_string(), |n| format!("{n}-prep"));
+    std::thread::scope(|scope| {
+        let (stop, names) = (&stop, &names);
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn_scoped(scope, move || {
+                prepare_loop(
+                    preps, &inputs, names, queue, max_batch, max_wait, &prep_beat, ready_tx,
+                    spare_rx, stop,
+                )
+            });
+        if let Err(e) = spawned {
+            warn!("classifier: cannot start a pre-processing thread: {e}");
+            return;
+        }
+        'batches: loop {
+            infer_beat.beat();
+            let batch = match ready_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(b) => b,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            for (i, ready) in batch.into_iter().enumerate() {
+                let Some(Ready { frames, tensor }) = ready else {
+                    continue;
+                };
+                let t = Instant::now();
+                let result = sessions[i].run(&tensor, frames.len());
+                let _ = spare_tx.send(tensor);
+                match result {
+                    Ok(rows) => {
+                        m.classifier_seconds
+                            .with_label_values(&[classifier_stage::INFERENCE])
+                            .observe(t.elapsed().as_secs_f64());
+                        if !on_scores(i, frames, rows) {
+                            break 'batches;
+                        }
+                    }
+                    Err(e) => {
+                        m.classifier_errors.with_label_values(&[&names[i]]).inc();
+                        warn!(model = %names[i], frames = frames.len(), "classifier batch failed: {e:#}");
+                    }
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(ready_rx);
+    });
+}
+
+/// The pre-processing thread of [`run_worker`].
+#[allow(clippy::too_many_arguments)]
+fn prepare_loop(
+    mut preps: Vec<Preprocess>,
+    inputs: &[InputSpec],
+    names: &[String],
+    queue: &FrameQueue,
+    max_batch: usize,
+    max_wait: Duration,
+    beat: &Beat,
+    ready_tx: Sender<Vec<Option<Ready>>>,
+    spare: crossbeam_channel::Receiver<Vec<f32>>,
+    stop: &AtomicBool,
+) {
+    let m = metrics();
+    let mut clips: Vec<Clips> = inputs.iter().map(|_| HashMap::new()).collect();
+    let mut scratch = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
         beat.beat();
         let batch = next_batch(queue, max_batch, max_wait);
         m.classifier_queue.set(queue.len() as i64);
@@ -354,100 +494,98 @@ fn worker(
         }
         m.classifier_batch.observe(batch.len() as f64);
         let pictures: Vec<Picture<'_>> = batch.iter().map(|f| f.picture()).collect();
-        for slot in &mut slots {
-            let name = slot.policy.name.clone();
-            let scores = match score(slot, &batch, &pictures, &mut tensor, &mut clip_tensor) {
-                Ok(s) => s,
-                Err(e) => {
-                    m.classifier_errors.with_label_values(&[&name]).inc();
-                    warn!(model = %name, frames = batch.len(), "classifier batch failed: {e:#}");
-                    continue;
+        let mut ready = Vec::with_capacity(preps.len());
+        for (i, prep) in preps.iter_mut().enumerate() {
+            let tensor = spare.try_recv().unwrap_or_default();
+            let r = prepare(
+                prep,
+                &inputs[i],
+                &mut clips[i],
+                &batch,
+                &pictures,
+                tensor,
+                &mut scratch,
+            );
+            ready.push(r.unwrap_or_else(|e| {
+                m.classifier_errors.with_label_values(&[&names[i]]).inc();
+                warn!(model = %names[i], frames = batch.len(), "classifier pre-processing failed: {e:#}");
+                None
+            }));
+        }
+        // hand the batch over, beating while the sessions are busy with the previous one
+        let mut item = ready;
+        loop {
+            match ready_tx.send_timeout(item, Duration::from_millis(200)) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                    beat.beat();
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    item = back;
                 }
-            };
-            for (f, row) in scores {
-                let Some(status) = registry.get(f.stream) else {
-                    continue; // removed meanwhile
-                };
-                m.classifier_frames.with_label_values(&[&name]).inc();
-                for &(col, _) in &slot.policy.thresholds {
-                    m.classifier_score
-                        .with_label_values(&[&*name, slot.policy.labels[col].as_str()])
-                        .observe(row[col] as f64);
-                }
-                status.set_scores(&name, &slot.policy.labels, &row, f.pts_us);
-                let finding = Finding::Scores(Scored {
-                    stream: f.stream,
-                    stream_id: status.id.clone(),
-                    model: slot.policy.clone(),
-                    scores: row,
-                    pts_us: f.pts_us,
-                    arrival: f.arrival,
-                    frame: slot.policy.store_evidence.then(|| f.clone()),
-                });
-                if tx.send(finding).is_err() {
-                    return;
-                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
             }
         }
     }
 }
 
-/// Pre-processes and runs one model on a batch. Returns the frames scored with their rows
-/// (clip models score a frame once its stream has a full clip).
-fn score(
-    slot: &mut Slot,
+/// Clip models: each stream's last sampled frames, pre-processed (a sliding window).
+type Clips = HashMap<StreamKey, std::collections::VecDeque<Vec<f32>>>;
+
+/// Pre-processes a batch for one model into `tensor`. `None` when no frame is ready (a clip
+/// model before any stream has a full clip).
+fn prepare(
+    prep: &mut Preprocess,
+    input: &InputSpec,
+    clips: &mut Clips,
     batch: &[Arc<Frame>],
     pictures: &[Picture<'_>],
-    tensor: &mut Vec<f32>,
-    clip_tensor: &mut Vec<f32>,
-) -> anyhow::Result<Vec<(Arc<Frame>, Vec<f32>)>> {
+    mut tensor: Vec<f32>,
+    scratch: &mut Vec<f32>,
+) -> anyhow::Result<Option<Ready>> {
     let m = metrics();
-    let input = &slot.model.manifest.input;
     let per = input.frame_len();
-    tensor.resize(per * batch.len(), 0.0);
+    let clip = input.layout == Layout::Ncthw;
+    let target = if clip { &mut *scratch } else { &mut tensor };
+    target.resize(per * batch.len(), 0.0);
     let t = Instant::now();
-    let timings = slot.prep.run_batch(pictures, tensor)?;
+    let timings = prep.run_batch(pictures, target)?;
     let stage = |s: &str, d: Duration| {
         m.classifier_seconds
             .with_label_values(&[s])
             .observe(d.as_secs_f64())
     };
     stage(classifier_stage::PREPROCESS, t.elapsed());
-    if slot.prep.backend() == "gpu" {
+    if prep.backend() == "gpu" {
         stage(classifier_stage::UPLOAD, timings.upload);
         stage(classifier_stage::READBACK, timings.readback);
     }
-
-    let (frames, input_tensor): (Vec<Arc<Frame>>, &[f32]) = if input.layout == Layout::Ncthw {
-        let t_len = input.clip_frames();
-        let mut ready = Vec::new();
-        clip_tensor.clear();
-        for (i, f) in batch.iter().enumerate() {
-            let clip = slot.clips.entry(f.stream).or_default();
-            clip.push_back(tensor[i * per..(i + 1) * per].to_vec());
-            while clip.len() > t_len {
-                clip.pop_front();
-            }
-            if clip.len() == t_len {
-                append_clip(
-                    clip_tensor,
-                    clip,
-                    input.width as usize * input.height as usize,
-                );
-                ready.push(f.clone());
-            }
-        }
-        (ready, clip_tensor.as_slice())
-    } else {
-        (batch.to_vec(), tensor.as_slice())
-    };
-    if frames.is_empty() {
-        return Ok(Vec::new());
+    if !clip {
+        return Ok(Some(Ready {
+            frames: batch.to_vec(),
+            tensor,
+        }));
     }
-    let t = Instant::now();
-    let rows = slot.model.run(input_tensor, frames.len())?;
-    stage(classifier_stage::INFERENCE, t.elapsed());
-    Ok(frames.into_iter().zip(rows).collect())
+    let t_len = input.clip_frames();
+    let mut frames = Vec::new();
+    tensor.clear();
+    for (i, f) in batch.iter().enumerate() {
+        let window = clips.entry(f.stream).or_default();
+        window.push_back(scratch[i * per..(i + 1) * per].to_vec());
+        while window.len() > t_len {
+            window.pop_front();
+        }
+        if window.len() == t_len {
+            append_clip(
+                &mut tensor,
+                window,
+                input.width as usize * input.height as usize,
+            );
+            frames.push(f.clone());
+        }
+    }
+    Ok((!frames.is_empty()).then_some(Ready { frames, tensor }))
 }
 
 /// Appends one `[3, T, H, W]` clip made of T planar `[3, H, W]` frames.
