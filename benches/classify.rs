@@ -24,7 +24,8 @@
 //! `/proc` and printed in cores: figures taken while it is well above 0 are not worth much.
 //!
 //! Also measured, in the same run:
-//! * the CPU twin's time per 720p and 1080p frame, per model (one thread);
+//! * the CPU twin's time per 720p and 1080p frame, per model (one thread), on its fastest path
+//!   for this CPU (AVX2 where there is AVX2) and on the portable path;
 //! * Python's onnxruntime on the same tensor (`benches/support/ort_bench.py`), with its CPU
 //!   memory arena (its default) and without (as livewatch's sessions run: `ort`'s
 //!   `ep::CPU::default()` turns it off): a cross-check of the bare column; "n/a" without the
@@ -558,9 +559,14 @@ impl Load {
     }
 }
 
-/// The CPU twin's time per frame on these frames, one thread.
-fn cpu_prep_ms(plan: &Plan, manifest: &Manifest, frames: &[Arc<Frame>]) -> f64 {
-    let mut p = Preprocessor::new(&manifest.input);
+/// The CPU twin's time per frame on these frames, one thread: its fastest path on this CPU,
+/// or the portable one.
+fn cpu_prep_ms(plan: &Plan, manifest: &Manifest, frames: &[Arc<Frame>], portable: bool) -> f64 {
+    let mut p = if portable {
+        Preprocessor::portable(&manifest.input)
+    } else {
+        Preprocessor::new(&manifest.input)
+    };
     let mut out = vec![0.0f32; manifest.input.frame_len()];
     let (mut done, t) = (0usize, Instant::now());
     loop {
@@ -736,16 +742,19 @@ fn main() {
         .collect();
     let main = &clips[0];
 
-    // the CPU twin per frame, per model and size
+    // the CPU twin per frame, per model and size: its fastest path here and the portable one
+    let path = Preprocessor::new(&manifests[0].input).path();
     let mut prep_rows = Vec::new();
     for m in &manifests {
         for Clip { w, h, frames, .. } in &clips {
-            let t = cpu_prep_ms(&plan, m, frames);
+            let t = cpu_prep_ms(&plan, m, frames, false);
+            let portable = cpu_prep_ms(&plan, m, frames, true);
             println!(
-                "classify/preprocess {} {w}x{h}: {t:.2} ms/frame (CPU twin, one thread)",
+                "classify/preprocess {} {w}x{h}: {t:.2} ms/frame (CPU twin, {path} path, one \
+                 thread); portable path {portable:.2}",
                 m.name
             );
-            prep_rows.push((m.name.clone(), (*w, *h), t));
+            prep_rows.push((m.name.clone(), (*w, *h), t, portable));
         }
     }
 
@@ -867,10 +876,10 @@ fn main() {
         );
     }
     println!();
-    println!("| model | frame | CPU twin ms/frame |");
-    println!("| --- | --- | --- |");
-    for (name, (w, h), t) in &prep_rows {
-        println!("| {name} | {w}x{h} | {t:.2} |");
+    println!("| model | frame | CPU twin ms/frame ({path}) | portable path |");
+    println!("| --- | --- | --- | --- |");
+    for (name, (w, h), t, portable) in &prep_rows {
+        println!("| {name} | {w}x{h} | {t:.2} | {portable:.2} |");
     }
     if !gpu_rows.is_empty() {
         println!();

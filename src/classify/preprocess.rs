@@ -31,13 +31,15 @@
 //!
 //! Float operations, in the order both twins perform them: RGB from YUV is
 //! `y[Y] + rv[V]`, `(y[Y] + gu[U]) + gv[V]`, `y[Y] + bu[U]` from tables of 256 f32 values
-//! computed in f64 ([`ColorTables`]), then clamped; each resize pass is
+//! ([`ColorTables`]: `y[Y] = (Y - 16) * (255 / 219)` for limited range, `rv[V] = (V - 128) *
+//! k` and so on, each a single f32 product of constants computed in f64), then clamped; each resize pass is
 //! `acc = 0; acc = acc + v_k * w_k` over the taps in ascending order (a product rounded before
 //! the sum, never a fused multiply-add); last `(acc * scale - mean) / std`.
 //!
-//! The CPU runs these four lanes at a time (R, G, B and a spare) and its horizontal pass tap
-//! by tap over a block of outputs, with the taps zero-padded to the longest; 1080p to
-//! 224x224 takes about 7 to 10 ms in release on the (shared, 2-core) development machine.
+//! The portable path runs these four lanes at a time (R, G, B and a spare) and its horizontal
+//! pass tap by tap over a block of outputs, with the taps zero-padded to the longest. On
+//! x86-64 with AVX2, YUV pictures take the path in `preprocess_avx2.rs`: eight source rows
+//! at a time, bit-identical to this path (tested), several times faster.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -140,8 +142,56 @@ impl Picture<'_> {
     }
 }
 
+/// The colour conversion's constants for one range and matrix, computed in f64 and rounded
+/// once to f32: the luma scale (limited range only) and each chroma component's share of R,
+/// G and B per code away from 128.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ColorConsts {
+    /// `255 / 219` for limited range; `None` for full range (the code is the value).
+    pub y_scale: Option<f32>,
+    pub r_v: f32,
+    pub g_u: f32,
+    pub g_v: f32,
+    pub b_u: f32,
+}
+
+impl ColorConsts {
+    pub fn new(full_range: bool, matrix: Matrix) -> ColorConsts {
+        let (kr, kb) = match matrix {
+            Matrix::Bt601 => (0.299, 0.114),
+            Matrix::Bt709 => (0.2126, 0.0722),
+        };
+        let kg = 1.0 - kr - kb;
+        let c: f64 = if full_range { 1.0 } else { 255.0 / 224.0 };
+        ColorConsts {
+            y_scale: (!full_range).then_some((255.0f64 / 219.0) as f32),
+            r_v: (2.0 * (1.0 - kr) * c) as f32,
+            g_u: (-2.0 * kb * (1.0 - kb) / kg * c) as f32,
+            g_v: (-2.0 * kr * (1.0 - kr) / kg * c) as f32,
+            b_u: (2.0 * (1.0 - kb) * c) as f32,
+        }
+    }
+
+    /// Luma code to its value in 0..255 (before clamping): `(Y - 16) * scale` in f32.
+    #[inline(always)]
+    pub fn luma(&self, code: u8) -> f32 {
+        match self.y_scale {
+            Some(k) => (f32::from(code) - 16.0) * k,
+            None => f32::from(code),
+        }
+    }
+
+    /// A chroma code's share: `(C - 128) * k` in f32.
+    #[inline(always)]
+    pub fn share(code: u8, k: f32) -> f32 {
+        (f32::from(code) - 128.0) * k
+    }
+}
+
 /// Lookup tables from 8-bit codes to f32, for one range and matrix: the luma in 0..255 and
-/// each chroma code's share of R, G and B. Computed in f64, rounded once to f32.
+/// each chroma code's share of R, G and B. Each entry is [`ColorConsts`]' f32 product for the
+/// code, so code that computes the product in registers (the AVX2 path) gets the same bits as
+/// code that looks it up (the portable path, the WGSL kernels).
 #[derive(Debug)]
 pub struct ColorTables {
     pub y: [f32; 256],
@@ -184,32 +234,14 @@ impl ColorTables {
     }
 
     fn build(full_range: bool, matrix: Matrix) -> ColorTables {
-        let (kr, kb) = match matrix {
-            Matrix::Bt601 => (0.299, 0.114),
-            Matrix::Bt709 => (0.2126, 0.0722),
-        };
-        let kg = 1.0 - kr - kb;
-        let luma = |c: f64| {
-            if full_range {
-                c
-            } else {
-                (c - 16.0) * 255.0 / 219.0
-            }
-        };
-        let chroma = |c: f64| {
-            if full_range {
-                c - 128.0
-            } else {
-                (c - 128.0) * 255.0 / 224.0
-            }
-        };
-        let table = |f: &dyn Fn(f64) -> f64| std::array::from_fn(|c| f(c as f64) as f32);
+        let k = ColorConsts::new(full_range, matrix);
+        let table = |f: &dyn Fn(u8) -> f32| std::array::from_fn(|c| f(c as u8));
         ColorTables {
-            y: table(&luma),
-            r_v: table(&|c| 2.0 * (1.0 - kr) * chroma(c)),
-            g_u: table(&|c| -2.0 * kb * (1.0 - kb) / kg * chroma(c)),
-            g_v: table(&|c| -2.0 * kr * (1.0 - kr) / kg * chroma(c)),
-            b_u: table(&|c| 2.0 * (1.0 - kb) * chroma(c)),
+            y: table(&|c| k.luma(c)),
+            r_v: table(&|c| ColorConsts::share(c, k.r_v)),
+            g_u: table(&|c| ColorConsts::share(c, k.g_u)),
+            g_v: table(&|c| ColorConsts::share(c, k.g_v)),
+            b_u: table(&|c| ColorConsts::share(c, k.b_u)),
         }
     }
 
@@ -926,7 +958,10 @@ mod tests {
         let l126 = (126.0 - 16.0) * 255.0 / 219.0;
         assert_eq!(at(2, 0)[0], 255.0);
         assert!((f64::from(at(2, 0)[1]) - (l126 - 0.714_136 * 127.5)).abs() < 0.01);
-        assert_eq!(at(2, 0)[2], l126 as f32);
+        // luma is the f32 product (126 - 16) * f32(255 / 219)
+        let l126_f32 = 110.0f32 * (255.0f64 / 219.0) as f32;
+        assert!((f64::from(l126_f32) - l126).abs() < 1e-4);
+        assert_eq!(at(2, 0)[2], l126_f32);
         // codes below 16 and above 235 clamp
         assert_eq!(at(0, 2), [0.0; 3]);
         assert_eq!(at(1, 2), [255.0; 3]);
@@ -936,7 +971,7 @@ mod tests {
         // grey at 126: (126 - 16) * 255 / 219, not rounded
         // (2, 1) shares (2, 0)'s luma and chroma sample
         assert_eq!(at(2, 1), at(2, 0));
-        let grey = ((126.0f64 - 16.0) * 255.0 / 219.0) as f32;
+        let grey = l126_f32;
         // the same luma as a grey picture gives the same
         let mut g = vec![0.0; 27];
         p.run(

@@ -2,27 +2,30 @@
 //!
 //! Every value goes through the same float operations, in the same order, as in the portable
 //! twin ([`super::preprocess`]) and the WGSL kernels; only the grouping changes, so the three
-//! agree bit for bit (tested against the portable path). Eight source rows go together:
+//! agree bit for bit (tested against the portable path). Eight source rows go together, one
+//! row per vector lane:
 //!
-//! 1. each row is converted to planar R, G, B eight columns at a time: the luma as
-//!    `((Y - 16) * 255) / 219` in f32 (equal to the f64-built table for all 256 codes, tested)
-//!    or `Y` for full range, and the chroma shares looked up once per chroma row and widened
-//!    to pairs of columns;
-//! 2. the eight rows are transposed into columns (one vector holds a column's eight rows), so
-//!    the horizontal pass multiplies a whole column by one broadcast weight per tap, with no
-//!    gathers;
-//! 3. its outputs are transposed back into planar rows, and the vertical pass runs over
-//!    whole output rows.
+//! 1. sixteen columns at a time, the eight rows' luma bytes and the four chroma rows' bytes
+//!    are transposed so that a vector holds one column of the eight rows; the colour
+//!    conversion then runs in registers: luma `(Y - 16) * k` and chroma shares `(C - 128) * k`
+//!    are the same f32 products the portable path looks up ([`ColorTables`] is built from
+//!    [`ColorConsts`]), then the sums and the clamp;
+//! 2. the horizontal pass multiplies a whole column by one broadcast weight per tap (no
+//!    gathers, no transposes of floats);
+//! 3. its outputs are transposed into planar rows, and each output row of the vertical pass
+//!    is computed as soon as the source rows it needs are there (while they are in cache).
 //!
-//! On a 2-core Xeon this is several times faster than the portable path (see `hardware.md`).
+//! [`ColorTables`]: super::preprocess::ColorTables
 
 use std::arch::x86_64::*;
 
 use super::manifest::{InputSpec, Layout};
-use super::preprocess::{ColorTables, Resample, Yuv420};
+use super::preprocess::{ColorConsts, Resample, Yuv420};
 
 /// Rows per group, and lanes per vector.
 const L: usize = 8;
+/// Columns converted per step.
+const STEP: usize = 16;
 
 /// Whether this CPU can run the fast path.
 pub fn available() -> bool {
@@ -32,13 +35,10 @@ pub fn available() -> bool {
 /// Buffers kept between frames.
 #[derive(Default)]
 pub struct Scratch {
-    /// One group of converted rows, planar: `[row][channel][column]`, `wv` columns each.
-    planes: Vec<f32>,
-    /// The group as columns: `[column][channel][row]`, `cols` columns.
+    /// One group of converted rows as columns: `[column][channel][row]`.
     cols: Vec<f32>,
-    /// One chroma row's shares of R, G (U's), G (V's) and B, `wv / 2` each.
-    chroma: Vec<f32>,
-    chroma_row: Option<usize>,
+    /// Each output's first column in `cols`.
+    from: Vec<usize>,
     /// The horizontal pass of a group: `[output][channel][row]`.
     hgroup: Vec<f32>,
     /// The horizontal pass of all rows read, planar: `[row][channel][output]`, `ow8` wide.
@@ -64,137 +64,208 @@ pub unsafe fn run(
 ) {
     let (ow, oh) = (spec.width as usize, spec.height as usize);
     let ow8 = ow.div_ceil(L) * L;
-    // columns from an even one, so that column pairs share a chroma sample
+    // from an even column and row, so that column pairs and row pairs share chroma samples
     let xs = rs.x_lo & !1;
-    let w = rs.x_hi - xs;
-    let wv = w.div_ceil(L) * L;
+    let wb = (rs.x_hi - xs).div_ceil(STEP) * STEP;
+    let yb = rs.y_lo & !1;
     let ks = rs.x.ksize;
-    let rows = rs.y_hi - rs.y_lo;
-    let groups = rows.div_ceil(L);
+    let groups = (rs.y_hi - yb).div_ceil(L);
 
-    s.planes.resize(L * 3 * wv, 0.0);
-    // padded taps read up to `ks` columns past the last: keep them zero
-    s.cols.clear();
-    s.cols.resize((wv + ks) * 3 * L, 0.0);
-    s.chroma.resize(4 * (wv / 2), 0.0);
-    s.chroma_row = None;
+    // padded taps read up to `ks` columns past the last converted one: those stay zero
+    s.cols.resize((wb + ks) * 3 * L, 0.0);
+    s.cols[wb * 3 * L..].fill(0.0);
+    s.from.clear();
+    s.from.extend(rs.x.first.iter().map(|&f| f as usize - xs));
+    if let Some(last) = s.from.iter().max() {
+        assert!((last + ks) * 3 * L <= s.cols.len(), "taps past the columns");
+    }
     s.hgroup.resize(ow8 * 3 * L, 0.0);
     s.h.resize(groups * L * 3 * ow8, 0.0);
     s.acc.resize(3 * ow8, 0.0);
-    let from: Vec<usize> = rs.x.first.iter().map(|&f| f as usize - xs).collect();
-    if let Some(last) = from.iter().max() {
-        assert!((last + ks) * 3 * L <= s.cols.len(), "taps past the columns");
-    }
 
-    let t = ColorTables::get(p.full_range, p.matrix);
+    let k = ColorConsts::new(p.full_range, p.matrix);
+    let mut next = 0;
     for g in 0..groups {
-        for lane in 0..L {
-            // rows past the last one read repeat it; their outputs are not used
-            let r = (rs.y_lo + g * L + lane).min(rs.y_hi - 1);
-            let crow = r / 2;
-            if s.chroma_row != Some(crow) {
-                chroma_shares(p, t, crow, xs, &mut s.chroma);
-                s.chroma_row = Some(crow);
-            }
-            convert_row(
-                p,
-                r,
-                xs,
-                wv,
-                &s.chroma,
-                &mut s.planes[lane * 3 * wv..(lane + 1) * 3 * wv],
-            );
-        }
-        to_columns(&s.planes, wv, &mut s.cols);
-        horizontal(&s.cols, &from, &rs.x.weights, ks, ow, &mut s.hgroup);
+        let r0 = yb + g * L;
+        convert_group(p, &k, r0, rs.y_hi, xs, wb, &mut s.cols);
+        horizontal(&s.cols, &s.from, &rs.x.weights, ks, ow, &mut s.hgroup);
         to_rows(
             &s.hgroup,
             ow8,
             &mut s.h[g * L * 3 * ow8..(g + 1) * L * 3 * ow8],
         );
-    }
-    vertical(rs, spec, order, ow, ow8, &s.h, &mut s.acc, out, oh);
-}
-
-/// One chroma row's shares, `wv / 2` samples from column `xs / 2` (zero past the plane).
-#[target_feature(enable = "avx2")]
-unsafe fn chroma_shares(p: &Yuv420<'_>, t: &ColorTables, crow: usize, xs: usize, out: &mut [f32]) {
-    let n = out.len() / 4;
-    let (rv, rest) = out.split_at_mut(n);
-    let (gu, rest) = rest.split_at_mut(n);
-    let (gv, bu) = rest.split_at_mut(n);
-    let cw = p.width.div_ceil(2);
-    let c0 = xs / 2;
-    let have = cw.saturating_sub(c0).min(n);
-    let at = crow * p.c_stride + c0;
-    let (u, v) = (&p.u[at..at + have], &p.v[at..at + have]);
-    for i in 0..have {
-        let (u, v) = (u[i] as usize, v[i] as usize);
-        rv[i] = t.r_v[v];
-        gu[i] = t.g_u[u];
-        gv[i] = t.g_v[v];
-        bu[i] = t.b_u[u];
-    }
-    for a in [rv, gu, gv, bu] {
-        a[have..].fill(0.0);
-    }
-}
-
-/// Source row `r` from column `xs`, `wv` columns, as clamped planar R, G, B.
-#[target_feature(enable = "avx2")]
-unsafe fn convert_row(
-    p: &Yuv420<'_>,
-    r: usize,
-    xs: usize,
-    wv: usize,
-    chroma: &[f32],
-    out: &mut [f32],
-) {
-    let n = wv / 2;
-    let base = r * p.y_stride + xs;
-    let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
-    let (c16, c255, c219) = (
-        _mm256_set1_ps(16.0),
-        _mm256_set1_ps(255.0),
-        _mm256_set1_ps(219.0),
-    );
-    let pairs = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-    let clamp = |v: __m256| _mm256_min_ps(_mm256_max_ps(v, zero), top);
-    let widen = |a: &[f32], i: usize| {
-        let four = _mm_loadu_ps(a[i / 2..i / 2 + 4].as_ptr());
-        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(four), pairs)
-    };
-    let (rv, gu, gv, bu) = (
-        &chroma[..n],
-        &chroma[n..2 * n],
-        &chroma[2 * n..3 * n],
-        &chroma[3 * n..4 * n],
-    );
-    let (ro, rest) = out.split_at_mut(wv);
-    let (go, bo) = rest.split_at_mut(wv);
-    let mut i = 0;
-    while i < wv {
-        let at = base + i;
-        let bytes = if at + L <= p.y.len() {
-            _mm_loadl_epi64(p.y[at..at + L].as_ptr() as *const __m128i)
-        } else {
-            // the plane's last bytes: what is past it is never used
-            let mut b = [0u8; L];
-            let have = p.y.len().saturating_sub(at).min(L);
-            b[..have].copy_from_slice(&p.y[at..at + have]);
-            _mm_loadl_epi64(b.as_ptr() as *const __m128i)
-        };
-        let mut l = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-        if !p.full_range {
-            l = _mm256_div_ps(_mm256_mul_ps(_mm256_sub_ps(l, c16), c255), c219);
+        // the output rows whose source rows are all there
+        let done = (r0 + L).min(rs.y_hi);
+        while next < oh {
+            let (first, ws) = rs.y.of(next);
+            if first + ws.len() > done {
+                break;
+            }
+            vertical_row(
+                next,
+                first - yb,
+                ws,
+                spec,
+                order,
+                ow8,
+                &s.h,
+                &mut s.acc,
+                out,
+            );
+            next += 1;
         }
-        let r = clamp(_mm256_add_ps(l, widen(rv, i)));
-        let g = clamp(_mm256_add_ps(_mm256_add_ps(l, widen(gu, i)), widen(gv, i)));
-        let b = clamp(_mm256_add_ps(l, widen(bu, i)));
-        _mm256_storeu_ps(ro[i..i + L].as_mut_ptr(), r);
-        _mm256_storeu_ps(go[i..i + L].as_mut_ptr(), g);
-        _mm256_storeu_ps(bo[i..i + L].as_mut_ptr(), b);
-        i += L;
+    }
+    debug_assert_eq!(next, oh);
+}
+
+/// Loads 16 bytes at `at`, or what is left of the plane there, zero-padded.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load16(plane: &[u8], at: usize) -> __m128i {
+    if at + 16 <= plane.len() {
+        _mm_loadu_si128(plane[at..at + 16].as_ptr() as *const __m128i)
+    } else {
+        // the plane's last bytes: what would be past it is never used
+        let mut b = [0u8; 16];
+        let have = plane.len().saturating_sub(at).min(16);
+        b[..have].copy_from_slice(&plane[at..at + have]);
+        _mm_loadu_si128(b.as_ptr() as *const __m128i)
+    }
+}
+
+/// Loads 8 bytes at `at` into the low half, or what is left of the plane there.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8(plane: &[u8], at: usize) -> __m128i {
+    if at + 8 <= plane.len() {
+        _mm_loadl_epi64(plane[at..at + 8].as_ptr() as *const __m128i)
+    } else {
+        let mut b = [0u8; 8];
+        let have = plane.len().saturating_sub(at).min(8);
+        b[..have].copy_from_slice(&plane[at..at + have]);
+        _mm_loadl_epi64(b.as_ptr() as *const __m128i)
+    }
+}
+
+/// Eight rows of 16 bytes to 16 columns of 8 bytes: column `j` is the low (`j` even) or high
+/// half of vector `j / 2`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn bytes_to_columns(r: [__m128i; 8]) -> [__m128i; 8] {
+    let a0 = _mm_unpacklo_epi8(r[0], r[1]);
+    let a1 = _mm_unpacklo_epi8(r[2], r[3]);
+    let a2 = _mm_unpacklo_epi8(r[4], r[5]);
+    let a3 = _mm_unpacklo_epi8(r[6], r[7]);
+    let b0 = _mm_unpackhi_epi8(r[0], r[1]);
+    let b1 = _mm_unpackhi_epi8(r[2], r[3]);
+    let b2 = _mm_unpackhi_epi8(r[4], r[5]);
+    let b3 = _mm_unpackhi_epi8(r[6], r[7]);
+    let c0 = _mm_unpacklo_epi16(a0, a1);
+    let c1 = _mm_unpackhi_epi16(a0, a1);
+    let c2 = _mm_unpacklo_epi16(a2, a3);
+    let c3 = _mm_unpackhi_epi16(a2, a3);
+    let d0 = _mm_unpacklo_epi16(b0, b1);
+    let d1 = _mm_unpackhi_epi16(b0, b1);
+    let d2 = _mm_unpacklo_epi16(b2, b3);
+    let d3 = _mm_unpackhi_epi16(b2, b3);
+    [
+        _mm_unpacklo_epi32(c0, c2),
+        _mm_unpackhi_epi32(c0, c2),
+        _mm_unpacklo_epi32(c1, c3),
+        _mm_unpackhi_epi32(c1, c3),
+        _mm_unpacklo_epi32(d0, d2),
+        _mm_unpackhi_epi32(d0, d2),
+        _mm_unpacklo_epi32(d1, d3),
+        _mm_unpackhi_epi32(d1, d3),
+    ]
+}
+
+/// Four chroma rows of 8 samples (low halves) to 8 columns of 8 bytes, each sample twice
+/// (the two luma rows that share it): column `c` is the low or high half of vector `c / 2`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn chroma_to_columns(q: [__m128i; 4]) -> [__m128i; 4] {
+    let d: [__m128i; 4] = std::array::from_fn(|i| _mm_unpacklo_epi8(q[i], q[i]));
+    let s0 = _mm_unpacklo_epi16(d[0], d[1]);
+    let s1 = _mm_unpackhi_epi16(d[0], d[1]);
+    let s2 = _mm_unpacklo_epi16(d[2], d[3]);
+    let s3 = _mm_unpackhi_epi16(d[2], d[3]);
+    [
+        _mm_unpacklo_epi32(s0, s2),
+        _mm_unpackhi_epi32(s0, s2),
+        _mm_unpacklo_epi32(s1, s3),
+        _mm_unpackhi_epi32(s1, s3),
+    ]
+}
+
+/// The eight bytes of column `j` as floats.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn column(v: &[__m128i], j: usize) -> __m256 {
+    let v = v[j / 2];
+    let half = if j % 2 == 0 {
+        v
+    } else {
+        _mm_unpackhi_epi64(v, v)
+    };
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(half))
+}
+
+/// Converts source rows `r0 .. r0 + 8` (`r0` even; rows from `y_end` on repeat the last one,
+/// their outputs unused), columns `xs .. xs + wb`, into `cols` as clamped R, G, B.
+#[target_feature(enable = "avx2")]
+unsafe fn convert_group(
+    p: &Yuv420<'_>,
+    k: &ColorConsts,
+    r0: usize,
+    y_end: usize,
+    xs: usize,
+    wb: usize,
+    cols: &mut [f32],
+) {
+    assert!(r0 % 2 == 0 && xs % 2 == 0 && wb % STEP == 0 && cols.len() >= wb * 3 * L);
+    let last = y_end - 1;
+    let yrow: [usize; L] = std::array::from_fn(|l| (r0 + l).min(last) * p.y_stride);
+    let crow: [usize; 4] = std::array::from_fn(|i| (r0 / 2 + i).min(last / 2) * p.c_stride);
+    let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let (c16, c128) = (_mm256_set1_ps(16.0), _mm256_set1_ps(128.0));
+    let ky = k.y_scale.map(|v| _mm256_set1_ps(v));
+    let (krv, kgu, kgv, kbu) = (
+        _mm256_set1_ps(k.r_v),
+        _mm256_set1_ps(k.g_u),
+        _mm256_set1_ps(k.g_v),
+        _mm256_set1_ps(k.b_u),
+    );
+    let clamp = |v: __m256| _mm256_min_ps(_mm256_max_ps(v, zero), top);
+    let dst = cols.as_mut_ptr();
+    for o in (0..wb).step_by(STEP) {
+        let x = xs + o;
+        let ys = bytes_to_columns(std::array::from_fn(|l| load16(p.y, yrow[l] + x)));
+        let us = chroma_to_columns(std::array::from_fn(|i| load8(p.u, crow[i] + x / 2)));
+        let vs = chroma_to_columns(std::array::from_fn(|i| load8(p.v, crow[i] + x / 2)));
+        for c in 0..STEP / 2 {
+            let u = _mm256_sub_ps(column(&us, c), c128);
+            let v = _mm256_sub_ps(column(&vs, c), c128);
+            let (rv, gu, gv, bu) = (
+                _mm256_mul_ps(v, krv),
+                _mm256_mul_ps(u, kgu),
+                _mm256_mul_ps(v, kgv),
+                _mm256_mul_ps(u, kbu),
+            );
+            for j in [2 * c, 2 * c + 1] {
+                let mut l = column(&ys, j);
+                if let Some(ky) = ky {
+                    l = _mm256_mul_ps(_mm256_sub_ps(l, c16), ky);
+                }
+                let r = clamp(_mm256_add_ps(l, rv));
+                let g = clamp(_mm256_add_ps(_mm256_add_ps(l, gu), gv));
+                let b = clamp(_mm256_add_ps(l, bu));
+                let at = dst.add((o + j) * 3 * L);
+                _mm256_storeu_ps(at, r);
+                _mm256_storeu_ps(at.add(L), g);
+                _mm256_storeu_ps(at.add(2 * L), b);
+            }
+        }
     }
 }
 
@@ -228,22 +299,6 @@ unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
         _mm256_permute2f128_ps::<0x31>(u2, u6),
         _mm256_permute2f128_ps::<0x31>(u3, u7),
     ]
-}
-
-/// Planar rows `[row][channel][column]` to columns `[column][channel][row]`.
-#[target_feature(enable = "avx2")]
-unsafe fn to_columns(planes: &[f32], wv: usize, cols: &mut [f32]) {
-    assert!(planes.len() >= L * 3 * wv && cols.len() >= wv * 3 * L);
-    let (src, dst) = (planes.as_ptr(), cols.as_mut_ptr());
-    for x in (0..wv).step_by(L) {
-        for c in 0..3 {
-            let rows: [__m256; 8] =
-                std::array::from_fn(|row| _mm256_loadu_ps(src.add((row * 3 + c) * wv + x)));
-            for (k, v) in transpose(rows).into_iter().enumerate() {
-                _mm256_storeu_ps(dst.add(((x + k) * 3 + c) * L), v);
-            }
-        }
-    }
 }
 
 /// Outputs per block of the horizontal pass: twelve sums in flight.
@@ -315,47 +370,44 @@ unsafe fn to_rows(hgroup: &[f32], ow8: usize, h: &mut [f32]) {
     }
 }
 
-/// The vertical pass, a row of outputs at a time (`acc = 0; acc = acc + h * w` over the taps
-/// in order), then channel order and normalisation into the tensor.
+/// Output row `i` of the vertical pass (`acc = 0; acc = acc + h * w` over its taps in order,
+/// from row `first` of `h`), then channel order and normalisation into the tensor.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
-unsafe fn vertical(
-    rs: &Resample,
+unsafe fn vertical_row(
+    i: usize,
+    first: usize,
+    ws: &[f32],
     spec: &InputSpec,
     order: [usize; 3],
-    ow: usize,
     ow8: usize,
     h: &[f32],
     acc: &mut [f32],
     out: &mut [f32],
-    oh: usize,
 ) {
+    let (ow, oh) = (spec.width as usize, spec.height as usize);
     let plane = ow * oh;
-    let interleaved = spec.layout == Layout::Nhwc;
     let width = 3 * ow8;
-    for i in 0..oh {
-        let (first, ws) = rs.y.of(i);
-        acc.fill(0.0);
-        for (k, &w) in ws.iter().enumerate() {
-            let r = first + k - rs.y_lo;
-            let src = &h[r * width..(r + 1) * width];
-            for (a, &v) in acc.iter_mut().zip(src) {
-                *a = *a + v * w;
-            }
+    acc.fill(0.0);
+    for (k, &w) in ws.iter().enumerate() {
+        let r = first + k;
+        let src = &h[r * width..(r + 1) * width];
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a = *a + v * w;
         }
-        for c in 0..3 {
-            let src = &acc[order[c] * ow8..order[c] * ow8 + ow];
-            let (scale, mean, std) = (spec.scale, spec.mean[c], spec.std[c]);
-            if interleaved {
-                let row = &mut out[i * ow * 3..(i + 1) * ow * 3];
-                for (j, &a) in src.iter().enumerate() {
-                    row[j * 3 + c] = (a * scale - mean) / std;
-                }
-            } else {
-                let row = &mut out[c * plane + i * ow..c * plane + (i + 1) * ow];
-                for (o, &a) in row.iter_mut().zip(src) {
-                    *o = (a * scale - mean) / std;
-                }
+    }
+    for c in 0..3 {
+        let src = &acc[order[c] * ow8..order[c] * ow8 + ow];
+        let (scale, mean, std) = (spec.scale, spec.mean[c], spec.std[c]);
+        if spec.layout == Layout::Nhwc {
+            let row = &mut out[i * ow * 3..(i + 1) * ow * 3];
+            for (j, &a) in src.iter().enumerate() {
+                row[j * 3 + c] = (a * scale - mean) / std;
+            }
+        } else {
+            let row = &mut out[c * plane + i * ow..c * plane + (i + 1) * ow];
+            for (o, &a) in row.iter_mut().zip(src) {
+                *o = (a * scale - mean) / std;
             }
         }
     }
@@ -382,21 +434,39 @@ mod tests {
     }
 
     #[test]
-    fn luma_in_f32_equals_the_tables_for_every_code() {
-        for (full, matrix) in [(false, Matrix::Bt601), (false, Matrix::Bt709)] {
-            let t = ColorTables::get(full, matrix);
-            for c in 0..=255u8 {
-                let f = ((f32::from(c) - 16.0) * 255.0) / 219.0;
-                assert_eq!(f.to_bits(), t.y[c as usize].to_bits(), "code {c}");
+    fn tables_hold_the_products_computed_in_registers() {
+        use super::super::preprocess::ColorTables;
+        for full in [false, true] {
+            for matrix in [Matrix::Bt601, Matrix::Bt709] {
+                let (t, k) = (
+                    ColorTables::get(full, matrix),
+                    ColorConsts::new(full, matrix),
+                );
+                for c in 0..=255u8 {
+                    let i = c as usize;
+                    let l = match k.y_scale {
+                        Some(s) => (f32::from(c) - 16.0) * s,
+                        None => f32::from(c),
+                    };
+                    assert_eq!(l.to_bits(), t.y[i].to_bits());
+                    let d = f32::from(c) - 128.0;
+                    assert_eq!((d * k.r_v).to_bits(), t.r_v[i].to_bits());
+                    assert_eq!((d * k.g_u).to_bits(), t.g_u[i].to_bits());
+                    assert_eq!((d * k.g_v).to_bits(), t.g_v[i].to_bits());
+                    assert_eq!((d * k.b_u).to_bits(), t.b_u[i].to_bits());
+                }
+                // and the f64 definitions, within f32 rounding
+                let scale = if full { 1.0 } else { 255.0 / 224.0 };
+                let (kr, kb) = if matrix == Matrix::Bt601 {
+                    (0.299, 0.114)
+                } else {
+                    (0.2126, 0.0722)
+                };
+                let exact = 2.0 * (1.0 - kr) * scale * 127.0;
+                assert!((f64::from(t.r_v[255]) - exact).abs() < 1e-4 * exact);
+                let exact = -2.0 * kb * (1.0 - kb) / (1.0 - kr - kb) * scale * -128.0;
+                assert!((f64::from(t.g_u[0]) - exact).abs() < 1e-4 * exact.abs());
             }
-        }
-        let t = ColorTables::get(true, Matrix::Bt601);
-        for c in 0..=255u8 {
-            assert_eq!(
-                f32::from(c).to_bits(),
-                t.y[c as usize].to_bits(),
-                "code {c}"
-            );
         }
     }
 
