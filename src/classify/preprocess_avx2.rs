@@ -20,7 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::manifest::{InputSpec, Layout};
-use super::preprocess::{ColorConsts, Resample, Yuv420};
+use super::preprocess::{ColorConsts, Resample, Taps, Yuv420};
 
 /// Rows per group, and lanes per vector.
 const L: usize = 8;
@@ -88,7 +88,7 @@ pub unsafe fn run(
     for g in 0..groups {
         let r0 = yb + g * L;
         convert_group(p, &k, r0, rs.y_hi, xs, wb, &mut s.cols);
-        horizontal(&s.cols, &s.from, &rs.x.weights, ks, ow, &mut s.hgroup);
+        horizontal(&s.cols, &s.from, &rs.x, ow, &mut s.hgroup);
         to_rows(
             &s.hgroup,
             ow8,
@@ -305,23 +305,24 @@ unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
 const HB: usize = 4;
 
 /// The horizontal pass over a group's columns: output `j`, channel `c` of all eight rows is
-/// `acc = 0; acc = acc + col[from[j] + k][c] * w[j][k]` over `k` in `0..ks`.
+/// `acc = 0; acc = acc + col[from[j] + k][c] * w[j][k]` over its taps `k` (a block of outputs
+/// runs to its longest: the zero-padded weights add +0.0 to a sum that is never -0.0).
 #[target_feature(enable = "avx2")]
-unsafe fn horizontal(
-    cols: &[f32],
-    from: &[usize],
-    weights: &[f32],
-    ks: usize,
-    ow: usize,
-    hgroup: &mut [f32],
-) {
-    assert!(from.len() == ow && weights.len() >= ow * ks && hgroup.len() >= ow * 3 * L);
+unsafe fn horizontal(cols: &[f32], from: &[usize], taps: &Taps, ow: usize, hgroup: &mut [f32]) {
+    let ks = taps.ksize;
+    assert!(from.len() == ow && taps.weights.len() >= ow * ks && hgroup.len() >= ow * 3 * L);
+    assert!(taps.count.len() == ow && taps.count.iter().all(|&n| n as usize <= ks));
     // `run` checked that every column read is inside `cols`
-    let (src, wp, dst) = (cols.as_ptr(), weights.as_ptr(), hgroup.as_mut_ptr());
+    let (src, wp, dst) = (cols.as_ptr(), taps.weights.as_ptr(), hgroup.as_mut_ptr());
     let mut j = 0;
     while j + HB <= ow {
         let mut acc = [[_mm256_setzero_ps(); 3]; HB];
-        for k in 0..ks {
+        // the block's longest taps: the others' weights are zero-padded that far
+        let n = taps.count[j..j + HB]
+            .iter()
+            .max()
+            .map_or(0, |&n| n as usize);
+        for k in 0..n {
             for (b, a) in acc.iter_mut().enumerate() {
                 let w = _mm256_set1_ps(*wp.add((j + b) * ks + k));
                 let col = src.add((from[j + b] + k) * 3 * L);
@@ -339,7 +340,7 @@ unsafe fn horizontal(
     }
     while j < ow {
         let mut acc = [_mm256_setzero_ps(); 3];
-        for k in 0..ks {
+        for k in 0..taps.count[j] as usize {
             let w = _mm256_set1_ps(*wp.add(j * ks + k));
             let col = src.add((from[j] + k) * 3 * L);
             for (c, a) in acc.iter_mut().enumerate() {
