@@ -203,7 +203,7 @@ unsafe fn chroma_to_columns(q: [__m128i; 4]) -> [__m128i; 4] {
 #[inline]
 unsafe fn column(v: &[__m128i], j: usize) -> __m256 {
     let v = v[j / 2];
-    let half = if j % 2 == 0 {
+    let half = if j.is_multiple_of(2) {
         v
     } else {
         _mm_unpackhi_epi64(v, v)
@@ -223,7 +223,12 @@ unsafe fn convert_group(
     wb: usize,
     cols: &mut [f32],
 ) {
-    assert!(r0 % 2 == 0 && xs % 2 == 0 && wb % STEP == 0 && cols.len() >= wb * 3 * L);
+    assert!(
+        r0.is_multiple_of(2)
+            && xs.is_multiple_of(2)
+            && wb.is_multiple_of(STEP)
+            && cols.len() >= wb * 3 * L
+    );
     let last = y_end - 1;
     let yrow: [usize; L] = std::array::from_fn(|l| (r0 + l).min(last) * p.y_stride);
     let crow: [usize; 4] = std::array::from_fn(|i| (r0 / 2 + i).min(last / 2) * p.c_stride);
@@ -394,7 +399,7 @@ unsafe fn vertical_row(
         let r = first + k;
         let src = &h[r * width..(r + 1) * width];
         for (a, &v) in acc.iter_mut().zip(src) {
-            *a = *a + v * w;
+            *a += v * w;
         }
     }
     for c in 0..3 {
