@@ -66,9 +66,11 @@ use livewatch::hash::gpu::{list_adapters, AdapterChoice};
 use livewatch::health::Heartbeats;
 use livewatch::metrics::{classifier_stage, metrics};
 
-/// The live worker's defaults (`[classifier] max_wait_ms`, `queue`).
-const MAX_WAIT: Duration = Duration::from_millis(20);
+/// The live worker's default queue (`[classifier] queue`).
 const QUEUE: usize = 256;
+/// How long the worker may wait to fill a batch: the bench pushes whole batches, so a batch
+/// always fills; a long wait keeps a stall of this busy machine mid-push from splitting one.
+const FILL_WAIT: Duration = Duration::from_secs(5);
 /// Length of one block of bare or pipeline batches, and the fewest batches in one.
 const BLOCK: f64 = 0.5;
 const MIN_BLOCK: usize = 4;
@@ -275,9 +277,14 @@ impl Pipeline {
         let thread = std::thread::spawn(move || {
             let health = Heartbeats::default();
             let beats = [health.register("infer"), health.register("prep")];
-            run_worker(vec![(model, prep)], &q, n, MAX_WAIT, beats, |_, _, rows| {
-                tx.send(rows).is_ok()
-            });
+            run_worker(
+                vec![(model, prep)],
+                &q,
+                n,
+                FILL_WAIT,
+                beats,
+                |_, _, rows| tx.send(rows).is_ok(),
+            );
         });
         Pipeline {
             queue,

@@ -5,8 +5,8 @@
 //! what is queued, up to `max_batch` frames, waiting at most `max_wait` after the first one
 //! for more (dynamic batching across streams), and pre-processes the batch into each model's
 //! tensor; the other owns one ONNX Runtime session of every model, runs the batches the first
-//! one hands over (one in flight, so pre-processing the next batch overlaps inference of this
-//! one) and hands every frame's scores to the decision stage.
+//! one hands over when the sessions are free (so pre-processing the next batch overlaps
+//! inference of this one) and hands every frame's scores to the decision stage.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -385,8 +385,9 @@ struct Ready {
 
 /// What a worker runs: the pre-processing thread takes batches from the queue and
 /// pre-processes them for every model while the calling thread runs the previous batch
-/// through the sessions, so a session never waits for pre-processing on the CPU and the two
-/// overlap (one batch in flight between them). `on_scores(model, frames, rows)` gets each
+/// through the sessions, so the two overlap. The hand-over is a rendezvous: the next batch
+/// waits, pre-processed, until the sessions are free, and nothing more is taken from the
+/// queue meanwhile (frames keep their place in its drop-oldest policy). `on_scores(model, frames, rows)` gets each
 /// model's scores of a batch; returning `false` stops the worker. Returns once the queue is
 /// closed and drained, or stopped.
 ///
@@ -403,7 +404,7 @@ pub fn run_worker(
     let (mut sessions, preps): (Vec<Model>, Vec<Preprocess>) = models.into_iter().unzip();
     let inputs: Vec<InputSpec> = sessions.iter().map(|s| s.manifest.input.clone()).collect();
     let names: Vec<String> = sessions.iter().map(|s| s.manifest.name.clone()).collect();
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Vec<Option<Ready>>>(1);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Vec<Option<Ready>>>(0);
     // tensors go back to the pre-processing thread: no allocation (and page faults) per batch
     let (spare_tx, spare_rx) = crossbeam_channel::unbounded::<Vec<f32>>();
     let stop = AtomicBool::new(false);
@@ -422,7 +423,10 @@ pub fn run_worker(
                 )
             });
         if let Err(e) = spawned {
-            warn!("classifier: cannot start a pre-processing thread: {e}");
+            // the pre-processing thread's heartbeat then goes stale: the watchdog restarts us
+            tracing::error!(
+                "classifier: cannot start a pre-processing thread, this worker stops: {e}"
+            );
             return;
         }
         'batches: loop {
@@ -477,6 +481,8 @@ fn prepare_loop(
     let m = metrics();
     let mut clips: Vec<Clips> = inputs.iter().map(|_| HashMap::new()).collect();
     let mut scratch = Vec::new();
+    // tensors a model did not use for a batch (a clip model still filling its windows, an error)
+    let mut unused: Vec<Vec<f32>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         beat.beat();
         let batch = next_batch(queue, max_batch, max_wait);
@@ -496,16 +502,22 @@ fn prepare_loop(
         let pictures: Vec<Picture<'_>> = batch.iter().map(|f| f.picture()).collect();
         let mut ready = Vec::with_capacity(preps.len());
         for (i, prep) in preps.iter_mut().enumerate() {
-            let tensor = spare.try_recv().unwrap_or_default();
+            let mut tensor = unused
+                .pop()
+                .or_else(|| spare.try_recv().ok())
+                .unwrap_or_default();
             let r = prepare(
                 prep,
                 &inputs[i],
                 &mut clips[i],
                 &batch,
                 &pictures,
-                tensor,
+                &mut tensor,
                 &mut scratch,
             );
+            if tensor.capacity() > 0 {
+                unused.push(tensor);
+            }
             ready.push(r.unwrap_or_else(|e| {
                 m.classifier_errors.with_label_values(&[&names[i]]).inc();
                 warn!(model = %names[i], frames = batch.len(), "classifier pre-processing failed: {e:#}");
@@ -533,21 +545,22 @@ fn prepare_loop(
 /// Clip models: each stream's last sampled frames, pre-processed (a sliding window).
 type Clips = HashMap<StreamKey, std::collections::VecDeque<Vec<f32>>>;
 
-/// Pre-processes a batch for one model into `tensor`. `None` when no frame is ready (a clip
-/// model before any stream has a full clip).
+/// Pre-processes a batch for one model into `tensor` (taken into the result). `None` when no
+/// frame is ready (a clip model before any stream has a full clip); `tensor` is left to the
+/// caller then, and on an error.
 fn prepare(
     prep: &mut Preprocess,
     input: &InputSpec,
     clips: &mut Clips,
     batch: &[Arc<Frame>],
     pictures: &[Picture<'_>],
-    mut tensor: Vec<f32>,
+    tensor: &mut Vec<f32>,
     scratch: &mut Vec<f32>,
 ) -> anyhow::Result<Option<Ready>> {
     let m = metrics();
     let per = input.frame_len();
     let clip = input.layout == Layout::Ncthw;
-    let target = if clip { &mut *scratch } else { &mut tensor };
+    let target = if clip { &mut *scratch } else { &mut *tensor };
     target.resize(per * batch.len(), 0.0);
     let t = Instant::now();
     let timings = prep.run_batch(pictures, target)?;
@@ -564,7 +577,7 @@ fn prepare(
     if !clip {
         return Ok(Some(Ready {
             frames: batch.to_vec(),
-            tensor,
+            tensor: std::mem::take(tensor),
         }));
     }
     let t_len = input.clip_frames();
@@ -577,15 +590,14 @@ fn prepare(
             window.pop_front();
         }
         if window.len() == t_len {
-            append_clip(
-                &mut tensor,
-                window,
-                input.width as usize * input.height as usize,
-            );
+            append_clip(tensor, window, input.width as usize * input.height as usize);
             frames.push(f.clone());
         }
     }
-    Ok((!frames.is_empty()).then_some(Ready { frames, tensor }))
+    Ok((!frames.is_empty()).then(|| Ready {
+        frames,
+        tensor: std::mem::take(tensor),
+    }))
 }
 
 /// Appends one `[3, T, H, W]` clip made of T planar `[3, H, W]` frames.
