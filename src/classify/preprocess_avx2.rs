@@ -79,6 +79,8 @@ pub unsafe fn run(
     if let Some(last) = s.from.iter().max() {
         assert!((last + ks) * 3 * L <= s.cols.len(), "taps past the columns");
     }
+    // once per frame, not per group: `horizontal` relies on it
+    assert!(rs.x.count.len() == ow && rs.x.count.iter().all(|&n| n as usize <= ks));
     s.hgroup.resize(ow8 * 3 * L, 0.0);
     s.h.resize(groups * L * 3 * ow8, 0.0);
     s.acc.resize(3 * ow8, 0.0);
@@ -316,7 +318,7 @@ const HB: usize = 4;
 unsafe fn horizontal(cols: &[f32], from: &[usize], taps: &Taps, ow: usize, hgroup: &mut [f32]) {
     let ks = taps.ksize;
     assert!(from.len() == ow && taps.weights.len() >= ow * ks && hgroup.len() >= ow * 3 * L);
-    assert!(taps.count.len() == ow && taps.count.iter().all(|&n| n as usize <= ks));
+    debug_assert!(taps.count.len() == ow && taps.count.iter().all(|&n| n as usize <= ks));
     // `run` checked that every column read is inside `cols`
     let (src, wp, dst) = (cols.as_ptr(), taps.weights.as_ptr(), hgroup.as_mut_ptr());
     let mut j = 0;
@@ -476,6 +478,7 @@ mod tests {
         }
     }
 
+    /// The portable twin's test spec, normalised as ImageNet models are if `norm`.
     fn spec(
         layout: Layout,
         (w, h): (u32, u32),
@@ -483,26 +486,13 @@ mod tests {
         resize_to: Option<[u32; 2]>,
         norm: bool,
     ) -> InputSpec {
-        InputSpec {
-            name: "input".into(),
-            layout,
-            width: w,
-            height: h,
-            frames: 1,
-            color,
-            scale: if norm { 1.0 / 255.0 } else { 1.0 },
-            mean: if norm {
-                [0.485, 0.456, 0.406]
-            } else {
-                [0.0; 3]
-            },
-            std: if norm {
-                [0.229, 0.224, 0.225]
-            } else {
-                [1.0; 3]
-            },
-            resize_to,
+        let mut s = super::super::preprocess::tests::spec(layout, w, h, color, resize_to);
+        if norm {
+            s.scale = 1.0 / 255.0;
+            s.mean = [0.485, 0.456, 0.406];
+            s.std = [0.229, 0.224, 0.225];
         }
+        s
     }
 
     /// Bit for bit the portable path, on pictures of many sizes (odd ones, padded strides,
