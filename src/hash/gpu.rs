@@ -277,7 +277,7 @@ pub(crate) fn pick_adapter(
             match candidates.first() {
                 Some(&i) => i,
                 None if allow_software => bail!(
-                    "no adapter can run the PDQ kernels; found:{}",
+                    "no adapter can run livewatch's kernels; found:{}",
                     describe_all(&adapters)
                 ),
                 None => bail!(
@@ -311,7 +311,7 @@ pub(crate) fn pick_adapter(
     };
     if let Some(why) = unusable(&adapters[index]) {
         bail!(
-            "adapter {} cannot run the PDQ kernels: {why}",
+            "adapter {} cannot run livewatch's kernels: {why}",
             describe(index, &infos[index])
         );
     }

@@ -63,6 +63,8 @@ const FETCH_COST: f64 = 32.0;
 const AHEAD_OFFSETS: usize = 24;
 const AHEAD_BUCKETS: usize = 12;
 
+pub mod gpu;
+
 /// Full Hamming distance between two 256-bit hashes.
 #[inline(always)]
 pub fn distance(a: &[u64; 4], b: &[u64; 4]) -> u32 {
@@ -570,28 +572,28 @@ fn build_table(hashes: &[[u64; 4]], off: u32, width: u32) -> Table {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// xorshift64*: deterministic and dependency-free.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
         }
-        fn hash(&mut self) -> [u64; 4] {
+        pub(crate) fn hash(&mut self) -> [u64; 4] {
             [self.next(), self.next(), self.next(), self.next()]
         }
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
 
     /// Flips exactly `k` distinct random bits.
-    fn flip(rng: &mut Rng, h: &[u64; 4], k: u32) -> [u64; 4] {
+    pub(crate) fn flip(rng: &mut Rng, h: &[u64; 4], k: u32) -> [u64; 4] {
         let mut out = *h;
         let mut flipped = [false; 256];
         let mut done = 0;
@@ -606,7 +608,7 @@ mod tests {
         out
     }
 
-    fn brute(hashes: &[[u64; 4]], q: &[u64; 4], r: u32) -> Vec<(u32, u32)> {
+    pub(crate) fn brute(hashes: &[[u64; 4]], q: &[u64; 4], r: u32) -> Vec<(u32, u32)> {
         hashes
             .iter()
             .enumerate()
