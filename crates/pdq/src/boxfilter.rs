@@ -8,12 +8,18 @@
 //!
 //! * along columns, consecutive pixels of a row belong to different columns, so one row-wide
 //!   vector of sums slides down the image;
-//! * along rows, eight rows at a time are transposed into eight-lane vectors (one lane per row)
-//!   in a small scratch strip, slid along, and transposed back.
+//! * along rows, sixteen rows at a time are transposed into sixteen-lane vectors (one lane per
+//!   row) in a small scratch strip, slid along, and transposed back.
 //!
 //! Each lane performs the reference's operations in the reference's order, so the result is
 //! identical, bit for bit, to [`crate::box_1d`] applied line by line. On x86-64 with AVX2
 //! the same code is compiled a second time for that instruction set and picked at run time.
+//!
+//! The hasher runs the first three passes as one sweep down the image ([`blur`]): strips of
+//! rows go through the row pass, the column pass follows as far as the rows done so far allow,
+//! and its output goes through the second row pass strip by strip. Only the rows the column
+//! window still covers are kept, so the working set stays in cache instead of three full-size
+//! float images going through memory.
 
 use crate::DOWN;
 
@@ -54,6 +60,7 @@ multiversion! {
     );
     /// Luma from 8-bit samples (`stride` bytes per row; `limited`: expand 16..235 to full
     /// range) and the box filter along rows, in one pass.
+    #[cfg(test)]
     fn rows_u8 => rows_u8_impl(
         input: &[u8], stride: usize, limited: bool, output: &mut [f32], rows: usize, cols: usize,
         window: usize
@@ -62,6 +69,13 @@ multiversion! {
     fn luma_rgb => luma_rgb_impl(rgb: &[u8], out: &mut [f32]);
     /// Box filter along every column of `input` (`rows x cols`, row-major) into `output`.
     fn cols => cols_impl(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize);
+    /// The first three passes in one streaming sweep (see [`blur_impl`]): luma of `src`
+    /// (`rows x cols` pixels) filtered along rows, along columns and along rows again (windows
+    /// `(along rows, along columns)`), kept only at the columns `at`: `kept` is `rows x 64`.
+    fn blur => blur_impl(
+        src: Source<'_>, rows: usize, cols: usize, windows: (usize, usize),
+        at: &[u32; DOWN], kept: &mut [f32], scratch: &mut Scratch
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -414,7 +428,10 @@ fn rows_impl<T: Transpose>(
 /// The row pass over one strip, kept only at the columns `at`, into `output` (`LANES x 64`).
 #[inline(always)]
 fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut [f32]) {
+    // the sums and sizes at the samples, divided afterwards: dividing inside the slide lets
+    // the compiler hoist the (side-effect free) division above the test and run it everywhere
     let mut kept = [[0f32; LANES]; DOWN];
+    let mut sizes = [0f32; DOWN];
     let mut k = 0;
     slide_strip(
         strip,
@@ -423,11 +440,14 @@ fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut 
         |o, sum, size| {
             // positions are ascending; small images sample one column several times
             while k < DOWN && at[k] as usize == o {
-                kept[k] = div(sum, size);
+                (kept[k], sizes[k]) = (*sum, size);
                 k += 1;
             }
         },
     );
+    for (v, &size) in kept.iter_mut().zip(&sizes) {
+        *v = div(v, size);
+    }
     for (l, out) in output.chunks_exact_mut(DOWN).enumerate() {
         for (o, v) in out.iter_mut().zip(&kept) {
             *o = v[l];
@@ -436,6 +456,7 @@ fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut 
 }
 
 #[inline(always)]
+#[cfg(test)]
 fn rows_u8_impl<T: Transpose>(
     input: &[u8],
     stride: usize,
@@ -509,64 +530,261 @@ fn rows_sampled_impl<T: Transpose>(
 #[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
-    slide_rows(
-        input,
+    let mut sums = vec![0f32; cols];
+    ColumnSlide::new(rows, window).advance(
         rows,
-        cols,
-        window,
+        &mut sums,
         #[inline(always)]
-        |o, sum, size| {
-            for (d, &s) in output[o * cols..(o + 1) * cols].iter_mut().zip(sum) {
-                *d = s / size;
-            }
-        },
+        |r| &input[r * cols..(r + 1) * cols],
+        #[inline(always)]
+        |o, sum, size| divide_row(sum, size, &mut output[o * cols..(o + 1) * cols]),
     );
 }
 
-/// The box filter down all columns at once: one row-wide vector of running sums slides over
-/// the rows, calling `emit(o, sums, size)` when output row `o` is due.
 #[inline(always)]
-fn slide_rows(
-    input: &[f32],
+fn divide_row(sum: &[f32], size: f32, out: &mut [f32]) {
+    for (d, &s) in out.iter_mut().zip(sum) {
+        *d = s / size;
+    }
+}
+
+/// The box filter down all columns at once, one row-wide vector of running sums sliding over
+/// the rows, run as far as the rows produced so far allow: the reference's four phases, cut
+/// into one step per output row (the rows added and subtracted, in the reference's order).
+struct ColumnSlide {
+    rows: usize,
+    window: usize,
+    half: usize,
+    /// The next output row.
+    next: usize,
+    size: u32,
+}
+
+impl ColumnSlide {
+    fn new(rows: usize, window: usize) -> Self {
+        Self {
+            rows,
+            window,
+            half: (window + 2) / 2,
+            next: 0,
+            size: 0,
+        }
+    }
+
+    /// Emits every output row (`emit(o, sums, size)`) that needs only input rows below
+    /// `avail`; `row(r)` is input row `r`, called only for rows the window still covers.
+    /// `sums` starts zeroed and is carried from call to call.
+    #[inline(always)]
+    fn advance<'a>(
+        &mut self,
+        avail: usize,
+        sums: &mut [f32],
+        row: impl Fn(usize) -> &'a [f32],
+        mut emit: impl FnMut(usize, &[f32], f32),
+    ) {
+        let (rows, window, half) = (self.rows, self.window, self.half);
+        // output o is centred so that row o + half - 1 enters the window with it
+        while self.next < rows && (self.next + half - 1).min(rows - 1) < avail {
+            let o = self.next;
+            if o <= window - half {
+                // grow: the reference first adds half - 1 rows without output
+                if o == 0 {
+                    for r in 0..half - 1 {
+                        add_row(sums, row(r));
+                        self.size += 1;
+                    }
+                }
+                add_row(sums, row(o + half - 1));
+                self.size += 1;
+            } else if o + half - 1 < rows {
+                // slide: add the entering row, then subtract the leaving one
+                let (enter, leave) = (row(o + half - 1), row(o + half - 1 - window));
+                for ((s, &a), &b) in sums.iter_mut().zip(enter).zip(leave) {
+                    *s += a;
+                    *s -= b;
+                }
+            } else {
+                // shrink
+                for (s, &v) in sums.iter_mut().zip(row(o + half - 1 - window)) {
+                    *s -= v;
+                }
+                self.size -= 1;
+            }
+            emit(o, sums, self.size as f32);
+            self.next += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn add_row(sums: &mut [f32], v: &[f32]) {
+    for (s, &v) in sums.iter_mut().zip(v) {
+        *s += v;
+    }
+}
+
+/// Where the pixels of [`blur`] come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// 8-bit luma, `stride` bytes per row; `limited`: expand 16..235 to full range.
+    Luma8 {
+        data: &'a [u8],
+        stride: usize,
+        limited: bool,
+    },
+    /// Packed RGB (`rows * cols * 3` bytes), luma as [`crate::luma`] computes it.
+    Rgb(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// Rows `r0..r0 + LANES` as luma, into `strip`; `luma` is scratch.
+    #[inline(always)]
+    fn load<T: Transpose>(&self, r0: usize, cols: usize, strip: &mut [Lanes], luma: &mut Vec<f32>) {
+        match *self {
+            Source::Luma8 {
+                data,
+                stride,
+                limited,
+            } => T::load_u8(data, stride, limited, r0, cols, strip),
+            Source::Rgb(rgb) => {
+                luma.resize(LANES * cols, 0.0);
+                luma_rgb_impl::<T>(&rgb[r0 * cols * 3..(r0 + LANES) * cols * 3], luma);
+                T::load(luma, 0, cols, strip);
+            }
+        }
+    }
+
+    /// Row `r` as luma, into `line` (`cols` values).
+    #[inline(always)]
+    fn row<T>(&self, r: usize, line: &mut [f32]) {
+        match *self {
+            Source::Luma8 {
+                data,
+                stride,
+                limited,
+            } => {
+                let cols = line.len();
+                for (d, &v) in line.iter_mut().zip(&data[r * stride..r * stride + cols]) {
+                    *d = luma8(v, limited);
+                }
+            }
+            Source::Rgb(rgb) => {
+                let cols = line.len();
+                luma_rgb_impl::<T>(&rgb[r * cols * 3..(r + 1) * cols * 3], line);
+            }
+        }
+    }
+}
+
+/// Working memory of [`blur`], kept from frame to frame.
+#[derive(Default)]
+pub struct Scratch {
+    strip: Vec<Lanes>,
+    filtered: Vec<Lanes>,
+    /// The last rows of the first pass, as many as the column pass still reads.
+    ring: Vec<f32>,
+    sums: Vec<f32>,
+    /// One strip of `LANES` rows of the column pass.
+    pass2: Vec<f32>,
+    luma: Vec<f32>,
+    line: Vec<f32>,
+}
+
+/// The first three passes as one sweep down the image, so that no full-size intermediate image
+/// is ever written: every `LANES` rows filtered along rows go into a ring of rows that the
+/// column pass then slides over as far as it can, and every `LANES` rows the column pass
+/// completes are filtered along rows again, kept at the sampled columns only. Only the order in
+/// which lines are processed changes: each line still goes through the reference's operations
+/// in the reference's order, so the values are those of the three separate passes, bit for
+/// bit, and the leftover `rows % LANES` rows go line by line through [`crate::box_1d`] as they
+/// do there.
+#[inline(always)]
+fn blur_impl<T: Transpose>(
+    src: Source<'_>,
     rows: usize,
     cols: usize,
-    window: usize,
-    mut emit: impl FnMut(usize, &[f32], f32),
+    (win_rows, win_cols): (usize, usize),
+    at: &[u32; DOWN],
+    kept: &mut [f32],
+    scratch: &mut Scratch,
 ) {
-    let row = |r: usize| &input[r * cols..(r + 1) * cols];
-    let half = (window + 2) / 2;
-    let (mut li, mut ri, mut oi) = (0usize, 0usize, 0usize);
-    let mut size = 0u32;
-    let mut sum = vec![0f32; cols];
-    for _ in 0..half - 1 {
-        sum.iter_mut().zip(row(ri)).for_each(|(s, &v)| *s += v);
-        size += 1;
-        ri += 1;
+    let Scratch {
+        strip,
+        filtered,
+        ring,
+        sums,
+        pass2,
+        luma,
+        line,
+    } = scratch;
+    strip.resize(cols, [0.0; LANES]);
+    filtered.resize(cols, [0.0; LANES]);
+    // Before rows r..r + LANES are written the column pass has emitted every output that
+    // needs no later row, and reads nothing below r - win_cols again: win_cols + LANES rows in
+    // the ring suffice. A multiple of LANES keeps each strip's rows contiguous.
+    let cap = (win_cols + LANES).next_multiple_of(LANES);
+    ring.resize(cap * cols, 0.0);
+    sums.clear();
+    sums.resize(cols, 0.0);
+    pass2.resize(LANES * cols, 0.0);
+    line.resize(cols, 0.0);
+    assert!(kept.len() >= rows * DOWN);
+    let mut column = ColumnSlide::new(rows, win_cols);
+    let full = rows / LANES * LANES;
+    // the column pass's output row o into the strip, the strip filtered along rows once full
+    let mut advance = |avail: usize, ring: &[f32], strip: &mut [Lanes]| {
+        column.advance(
+            avail,
+            sums,
+            #[inline(always)]
+            |r| &ring[r % cap * cols..][..cols],
+            #[inline(always)]
+            |o, sum, size| {
+                let slot = o % LANES;
+                divide_row(sum, size, &mut pass2[slot * cols..(slot + 1) * cols]);
+                if slot == LANES - 1 {
+                    T::load(pass2, 0, cols, strip);
+                    let r0 = o + 1 - LANES;
+                    sampled_strip(
+                        strip,
+                        win_rows,
+                        at,
+                        &mut kept[r0 * DOWN..(r0 + LANES) * DOWN],
+                    );
+                }
+            },
+        );
+    };
+    for r0 in (0..full).step_by(LANES) {
+        src.load::<T>(r0, cols, strip, luma);
+        slide_strip(
+            strip,
+            win_rows,
+            #[inline(always)]
+            |o, sum, size| filtered[o] = div(sum, size),
+        );
+        T::store(filtered, ring, r0 % cap, cols);
+        advance(r0 + LANES, ring, strip);
     }
-    for _ in 0..window - half + 1 {
-        sum.iter_mut().zip(row(ri)).for_each(|(s, &v)| *s += v);
-        size += 1;
-        emit(oi, &sum, size as f32);
-        ri += 1;
-        oi += 1;
+    for r in full..rows {
+        src.row::<T>(r, line);
+        let slot = r % cap;
+        crate::box_1d(
+            line,
+            &mut ring[slot * cols..(slot + 1) * cols],
+            cols,
+            1,
+            win_rows,
+        );
     }
-    for _ in 0..rows.saturating_sub(window) {
-        let (add, sub) = (row(ri), row(li));
-        for ((s, &a), &b) in sum.iter_mut().zip(add).zip(sub) {
-            *s += a;
-            *s -= b;
+    advance(rows, ring, strip);
+    // the column pass's last rows % LANES rows are still in the strip buffer
+    for r in full..rows {
+        let slot = r % LANES;
+        crate::box_1d(&pass2[slot * cols..], line, cols, 1, win_rows);
+        for (o, &c) in kept[r * DOWN..(r + 1) * DOWN].iter_mut().zip(at) {
+            *o = line[c as usize];
         }
-        emit(oi, &sum, size as f32);
-        li += 1;
-        ri += 1;
-        oi += 1;
-    }
-    for _ in 0..half - 1 {
-        sum.iter_mut().zip(row(li)).for_each(|(s, &v)| *s -= v);
-        size -= 1;
-        emit(oi, &sum, size as f32);
-        li += 1;
-        oi += 1;
     }
 }
 
@@ -707,6 +925,125 @@ mod tests {
                 let mut one = vec![0f32; rows * cols];
                 super::rows_u8(&data, stride, limited, &mut one, rows, cols, window);
                 assert_eq!(bits(&one), bits(&two), "{rows}x{cols} limited {limited}");
+            }
+        }
+    }
+
+    /// The first three passes as separate full-image passes, as the reference runs them.
+    fn three_passes(
+        luma: &[f32],
+        rows: usize,
+        cols: usize,
+        win_rows: usize,
+        win_cols: usize,
+    ) -> Vec<f32> {
+        let mut pass1 = vec![0f32; rows * cols];
+        super::rows(luma, &mut pass1, rows, cols, win_rows);
+        let mut pass2 = vec![0f32; rows * cols];
+        super::cols(&pass1, &mut pass2, rows, cols, win_cols);
+        let mut kept = vec![0f32; rows * DOWN];
+        let at = sample_positions(cols);
+        super::rows_sampled(&pass2, &mut kept, rows, cols, win_rows, &at);
+        kept
+    }
+
+    #[test]
+    fn one_sweep_equals_the_three_passes() {
+        // heights below, at and off multiples of LANES; column windows wider than a strip
+        const SWEEP_SIZES: [(usize, usize); 11] = [
+            (5, 5),
+            (7, 9),
+            (15, 64),
+            (16, 16),
+            (17, 333),
+            (31, 8),
+            (48, 100),
+            (64, 64),
+            (135, 240),
+            (300, 47),
+            (1080, 96),
+        ];
+        let mut scratch = Scratch::default();
+        for (rows, cols) in SWEEP_SIZES {
+            let windows = [
+                (
+                    crate::jarosz_window(cols, DOWN),
+                    crate::jarosz_window(rows, DOWN),
+                ),
+                (1, 1),
+                (2, 3),
+                (3, 2),
+                (cols.min(7), rows.min(8)),
+                (cols.min(40), rows.min(40)),
+                (cols, rows),
+            ];
+            let stride = cols + 5;
+            let data: Vec<u8> = (0..rows * stride)
+                .map(|i| ((i * 37 + i / stride * 11) % 253) as u8)
+                .collect();
+            let rgb: Vec<u8> = (0..rows * cols * 3).map(|i| (i * 29 % 251) as u8).collect();
+            for (win_rows, win_cols) in windows {
+                for input in 0..3 {
+                    let (src, pixels) = match input {
+                        0 => (
+                            Source::Luma8 {
+                                data: &data,
+                                stride,
+                                limited: false,
+                            },
+                            crate::Pixels::Gray {
+                                data: &data,
+                                stride,
+                            },
+                        ),
+                        1 => (
+                            Source::Luma8 {
+                                data: &data,
+                                stride,
+                                limited: true,
+                            },
+                            crate::Pixels::VideoY {
+                                data: &data,
+                                stride,
+                            },
+                        ),
+                        _ => (Source::Rgb(&rgb), crate::Pixels::Rgb(&rgb)),
+                    };
+                    let mut luma = Vec::new();
+                    crate::luma(pixels, cols, rows, &mut luma);
+                    let expected = three_passes(&luma, rows, cols, win_rows, win_cols);
+                    let at = sample_positions(cols);
+                    let mut kept = vec![f32::NAN; rows * DOWN];
+                    super::blur(
+                        src,
+                        rows,
+                        cols,
+                        (win_rows, win_cols),
+                        &at,
+                        &mut kept,
+                        &mut scratch,
+                    );
+                    assert_eq!(
+                        bits(&kept),
+                        bits(&expected),
+                        "{rows}x{cols} windows {win_rows},{win_cols} {src:?}"
+                    );
+                    kept.fill(f32::NAN);
+                    blur_impl::<Portable>(
+                        src,
+                        rows,
+                        cols,
+                        (win_rows, win_cols),
+                        &at,
+                        &mut kept,
+                        &mut scratch,
+                    );
+                    assert_eq!(
+                        bits(&kept),
+                        bits(&expected),
+                        "portable {rows}x{cols} windows {win_rows},{win_cols}"
+                    );
+                }
             }
         }
     }

@@ -147,9 +147,8 @@ pub enum Pixels<'a> {
 #[derive(Default)]
 pub struct PdqHasher {
     luma: Vec<f32>,
-    pass1: Vec<f32>,
-    pass2: Vec<f32>,
     kept: Vec<f32>,
+    scratch: boxfilter::Scratch,
 }
 
 impl PdqHasher {
@@ -238,7 +237,9 @@ impl PdqHasher {
 
     /// The reference's two X,Y box-filter passes (Jarosz), keeping only what the 64x64
     /// decimation reads: the last row pass only at the 64 sampled columns, the last column
-    /// pass only at the 64 sampled rows.
+    /// pass only at the 64 sampled rows. The first three passes run as one sweep down the
+    /// image (`boxfilter::blur`), with the same values as [`box_rows`], [`box_cols`] and
+    /// [`box_rows_sampled`] one after the other.
     fn blur_and_decimate(
         &mut self,
         pixels: Pixels<'_>,
@@ -248,38 +249,30 @@ impl PdqHasher {
         let (win_along_rows, win_along_cols) =
             (jarosz_window(width, DOWN), jarosz_window(height, DOWN));
         let (at_cols, at_rows) = (sample_positions(width), sample_positions(height));
-        let n = width * height;
-        self.pass1.resize(n, 0.0);
-        self.kept.resize(height * DOWN, 0.0);
-        // 8-bit luma is converted on the fly by the first pass (same values as `luma`)
-        match pixels {
+        // 8-bit luma is converted on the fly, strip by strip (same values as `luma`)
+        let src = match pixels {
             Pixels::Gray { data, stride } | Pixels::VideoY { data, stride } => {
-                let limited = matches!(pixels, Pixels::VideoY { .. });
                 check_plane(data, width, height, stride);
-                boxfilter::rows_u8(
+                boxfilter::Source::Luma8 {
                     data,
                     stride,
-                    limited,
-                    &mut self.pass1,
-                    height,
-                    width,
-                    win_along_rows,
-                );
+                    limited: matches!(pixels, Pixels::VideoY { .. }),
+                }
             }
-            Pixels::Rgb(_) => {
-                luma(pixels, width, height, &mut self.luma);
-                box_rows(&self.luma, &mut self.pass1, height, width, win_along_rows);
+            Pixels::Rgb(rgb) => {
+                assert_eq!(rgb.len(), width * height * 3, "RGB buffer size");
+                boxfilter::Source::Rgb(rgb)
             }
-        }
-        self.pass2.resize(n, 0.0);
-        box_cols(&self.pass1, &mut self.pass2, height, width, win_along_cols);
-        box_rows_sampled(
-            &self.pass2,
-            &mut self.kept,
+        };
+        self.kept.resize(height * DOWN, 0.0);
+        boxfilter::blur(
+            src,
             height,
             width,
-            win_along_rows,
+            (win_along_rows, win_along_cols),
             &at_cols,
+            &mut self.kept,
+            &mut self.scratch,
         );
         box_cols_sampled(&self.kept, height, win_along_cols, &at_rows)
     }
@@ -651,6 +644,44 @@ mod tests {
                 quality: 0
             }
         );
+    }
+
+    #[test]
+    fn the_hasher_equals_the_four_separate_passes() {
+        let mut hasher = PdqHasher::new();
+        for (w, h) in [(5, 5), (64, 17), (130, 64), (333, 250), (1280, 720)] {
+            let stride = w + 3;
+            let data: Vec<u8> = (0..h * stride).map(|i| (i * 31 % 241) as u8).collect();
+            let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 253) as u8).collect();
+            for pixels in [
+                Pixels::Gray {
+                    data: &data,
+                    stride,
+                },
+                Pixels::VideoY {
+                    data: &data,
+                    stride,
+                },
+                Pixels::Rgb(&rgb),
+            ] {
+                let (wr, wc) = (jarosz_window(w, DOWN), jarosz_window(h, DOWN));
+                let mut l = Vec::new();
+                luma(pixels, w, h, &mut l);
+                let mut pass1 = vec![0f32; w * h];
+                box_rows(&l, &mut pass1, h, w, wr);
+                let mut pass2 = vec![0f32; w * h];
+                box_cols(&pass1, &mut pass2, h, w, wc);
+                let mut kept = vec![0f32; h * DOWN];
+                box_rows_sampled(&pass2, &mut kept, h, w, wr, &sample_positions(w));
+                let down = box_cols_sampled(&kept, h, wc, &sample_positions(h));
+                let expected = dct64_to_16(&down);
+                let ours = hasher.dct_block(pixels, w, h).unwrap();
+                let bits = |b: &[[f32; DCT]; DCT]| -> Vec<u32> {
+                    b.iter().flatten().map(|v| v.to_bits()).collect()
+                };
+                assert_eq!(bits(&ours), bits(&expected), "{w}x{h} {pixels:?}");
+            }
+        }
     }
 
     #[test]
