@@ -32,6 +32,8 @@ use crate::Reloaded;
 pub struct StaticStatus {
     pub version: &'static str,
     pub hash_backend: BackendInfo,
+    /// Where large banks are matched.
+    pub match_backend: BackendInfo,
     pub decode_threads: usize,
     pub hash_threads: usize,
     /// `None` when no classifier model is configured.
@@ -242,6 +244,7 @@ async fn status(State(s): State<ApiState>) -> impl IntoResponse {
         "version": s.status.version,
         "ready": s.ready.load(Ordering::Acquire),
         "hash": s.status.hash_backend,
+        "match": s.status.match_backend,
         "onnx_providers": s.status.classifier.as_ref().map(|c| {
             let mut p: Vec<&str> = c.models.iter().map(|m| m.provider.as_str()).collect();
             p.sort_unstable();

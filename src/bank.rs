@@ -1,8 +1,11 @@
 //! Hash banks and matching.
 //!
 //! A bank is loaded whole or not at all: a bad line is reported as `file:line` and the bank is
-//! refused. Matching is an exact scan by Hamming distance; every match carries the bank's
-//! version and the item id so a receiver can tell which list and entry fired.
+//! refused. Matching is exact (every entry within the bank's Hamming distance): small banks
+//! are scanned, large ones go through the multi-index or, when `[match]` puts them on a GPU,
+//! a scan of their copy in device memory, one dispatch per batch of frames. Every match
+//! carries the bank's version and the item id so a receiver can tell which list and entry
+//! fired.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -12,6 +15,29 @@ use std::sync::Arc;
 use crate::config::{BankFormat, BankSpec, VideoRule};
 use crate::decide::{Action, Severity};
 use crate::hash::Hash256;
+use crate::index::gpu::{GpuBank, GpuScanner};
+
+/// Entries within a bank's distance of one query: (entry, frame number for video banks,
+/// distance).
+type Hit<'a> = (&'a BankEntry, Option<u32>, u32);
+
+/// One frame to match: its hash and, when the hasher computed them, its 8 orientations.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameQuery<'a> {
+    pub hash: Hash256,
+    pub variants: Option<&'a [Hash256; 8]>,
+}
+
+/// What one frame matched across all banks.
+#[derive(Debug, Default)]
+pub struct FrameMatches {
+    /// The first allow-list (in configuration order) that matched: it suppresses the rest.
+    pub allowed: Option<Match>,
+    /// The best match in each image bank that alerts.
+    pub found: Vec<Match>,
+    /// Items of video banks this frame matches.
+    pub video: Vec<VideoHit>,
+}
 
 #[derive(Debug, Clone)]
 pub struct BankEntry {
@@ -58,6 +84,9 @@ struct Base {
     entries: Vec<BankEntry>,
     limbs: Vec<[u64; 4]>,
     index: Option<crate::index::HammingIndex>,
+    /// The hashes in GPU memory, when `[match]` asks for it and the bank is large enough to
+    /// be indexed: batches of frames are matched there, the index serves if the GPU fails.
+    gpu: Option<GpuBank>,
     /// For video banks: which frame of which item each entry is.
     video: Option<VideoInfo>,
 }
@@ -263,37 +292,78 @@ impl Bank {
         bank
     }
 
-    /// Entries within the bank's distance of `q`: (entry, frame number for video banks,
-    /// distance), removed items left out.
-    fn within(&self, q: &[u64; 4]) -> Vec<(&BankEntry, Option<u32>, u32)> {
+    /// For each query, the entries within the bank's distance (removed items left out): the
+    /// loaded ones in load order, then those added at run time.
+    fn within_batch(&self, qs: &[[u64; 4]]) -> Vec<Vec<Hit<'_>>> {
         let base = &*self.base;
         let frame = |i: usize| base.video.as_ref().map(|v| v.frame[i]);
-        let mut out: Vec<(&BankEntry, Option<u32>, u32)> = match &base.index {
-            Some(index) => index
-                .query(q, self.distance)
-                .into_iter()
-                .map(|(i, d)| (&base.entries[i as usize], frame(i as usize), d))
-                .collect(),
-            None => base
-                .limbs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    let d = crate::index::distance(e, q);
-                    (d <= self.distance).then(|| (&base.entries[i], frame(i), d))
-                })
-                .collect(),
+        let ids = match &base.gpu {
+            Some(gpu) if !qs.is_empty() => gpu.query_batch(qs, self.distance).unwrap_or_else(|e| {
+                // a GPU fault must not lose a match: the index answers instead
+                crate::metrics::metrics().match_gpu_errors.inc();
+                tracing::warn!(bank = %self.name, "GPU scan failed, matching on the CPU: {e:#}");
+                self.base_ids(qs)
+            }),
+            _ => self.base_ids(qs),
         };
-        for (e, l) in self.delta.iter().zip(&self.delta_limbs) {
-            let d = crate::index::distance(l, q);
-            if d <= self.distance {
-                out.push((e, None, d));
-            }
+        qs.iter()
+            .zip(ids)
+            .map(|(q, ids)| {
+                let mut out: Vec<Hit<'_>> = ids
+                    .into_iter()
+                    .map(|(i, d)| (&base.entries[i as usize], frame(i as usize), d))
+                    .collect();
+                for (e, l) in self.delta.iter().zip(&self.delta_limbs) {
+                    let d = crate::index::distance(l, q);
+                    if d <= self.distance {
+                        out.push((e, None, d));
+                    }
+                }
+                if !self.removed.is_empty() {
+                    out.retain(|(e, _, _)| !self.removed.contains(&e.item));
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// The loaded entries within the distance of each query, on the CPU: `(id, distance)` in
+    /// ascending id order.
+    fn base_ids(&self, qs: &[[u64; 4]]) -> Vec<Vec<(u32, u32)>> {
+        let base = &*self.base;
+        qs.iter()
+            .map(|q| match &base.index {
+                Some(index) => index.query(q, self.distance),
+                None => base
+                    .limbs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        let d = crate::index::distance(e, q);
+                        (d <= self.distance).then_some((i as u32, d))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Copies the loaded hashes into `scanner`'s GPU memory, so that batches are matched
+    /// there; banks too small to be indexed stay on the CPU (false). Only a bank not yet
+    /// shared (as loaded) can be attached.
+    pub fn attach_gpu(&mut self, scanner: &Arc<GpuScanner>) -> anyhow::Result<bool> {
+        if self.base.index.is_none() {
+            return Ok(false);
         }
-        if !self.removed.is_empty() {
-            out.retain(|(e, _, _)| !self.removed.contains(&e.item));
-        }
-        out
+        let copy = scanner.upload(&self.base.limbs)?;
+        let base = Arc::get_mut(&mut self.base)
+            .ok_or_else(|| anyhow::anyhow!("bank {} is already in use", self.name))?;
+        base.gpu = Some(copy);
+        Ok(true)
+    }
+
+    /// Whether batches are matched on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        self.base.gpu.is_some()
     }
 
     pub fn from_entries(
@@ -328,6 +398,7 @@ impl Bank {
                 entries,
                 limbs,
                 index,
+                gpu: None,
                 video: None,
             }),
             delta: Vec::new(),
@@ -359,22 +430,74 @@ impl Bank {
     /// The closest entry within the threshold over the frame's hash and, for a dihedral bank,
     /// its 8 orientations (`variants`, when the hasher computed them).
     pub fn best_match_any(&self, hash: &Hash256, variants: Option<&[Hash256; 8]>) -> Option<Match> {
-        match (self.dihedral, variants) {
-            (true, Some(v)) => v
-                .iter()
-                .filter_map(|h| self.best_match(h))
-                .min_by_key(|m| m.distance),
-            _ => self.best_match(hash),
-        }
+        let (qs, range) = self.queries(&FrameQuery {
+            hash: *hash,
+            variants,
+        });
+        self.best_of(&self.within_batch(&qs)[range])
     }
 
     /// Every item of a video bank with a frame within the threshold of `hash`.
     pub fn video_hits(&self, hash: &Hash256) -> Vec<VideoHit> {
+        if !self.is_video() {
+            return Vec::new();
+        }
+        self.hits_of(&self.within_batch(&[hash.limbs()])[0])
+    }
+
+    /// The closest entry within the bank's threshold, if any.
+    pub fn best_match(&self, hash: &Hash256) -> Option<Match> {
+        self.best_of(&self.within_batch(&[hash.limbs()]))
+    }
+
+    /// The queries one frame asks of this bank, and which of them its best match is taken
+    /// over. The first query is always the frame's own hash (video hits use it); a dihedral
+    /// bank takes the best over the 8 orientations (the first of which is normally the hash
+    /// itself, then it is not asked twice).
+    fn queries(&self, f: &FrameQuery<'_>) -> (Vec<[u64; 4]>, std::ops::Range<usize>) {
+        match f.variants {
+            Some(v) if self.dihedral && v[0] == f.hash => {
+                (v.iter().map(|h| h.limbs()).collect(), 0..8)
+            }
+            Some(v) if self.dihedral => (
+                std::iter::once(&f.hash)
+                    .chain(v)
+                    .map(|h| h.limbs())
+                    .collect(),
+                1..9,
+            ),
+            _ => (vec![f.hash.limbs()], 0..1),
+        }
+    }
+
+    /// The closest entry over several queries' hits: the first, in query order and then in
+    /// entry order, at the smallest distance.
+    fn best_of(&self, lists: &[Vec<Hit<'_>>]) -> Option<Match> {
+        let mut best: Option<(&BankEntry, u32)> = None;
+        for &(e, _, d) in lists.iter().flatten() {
+            if best.is_none_or(|(_, bd)| d < bd) {
+                best = Some((e, d));
+            }
+        }
+        best.map(|(e, distance)| Match {
+            bank: self.name.clone(),
+            bank_version: self.version.clone(),
+            threshold: self.distance,
+            entry: e.clone(),
+            distance,
+            severity: self.severity,
+            action: self.action,
+            store_evidence: self.store_evidence,
+        })
+    }
+
+    /// A video bank's items among one query's hits.
+    fn hits_of(&self, within: &[Hit<'_>]) -> Vec<VideoHit> {
         let Some(video) = &self.base.video else {
             return Vec::new();
         };
         let mut hits: Vec<VideoHit> = Vec::new();
-        for (entry, frame, d) in self.within(&hash.limbs()) {
+        for &(entry, frame, d) in within {
             let item = &entry.item;
             let frame = frame.unwrap_or(0);
             match hits.iter_mut().find(|h| h.item == *item) {
@@ -398,28 +521,6 @@ impl Bank {
         }
         hits
     }
-
-    /// The closest entry within the bank's threshold, if any.
-    pub fn best_match(&self, hash: &Hash256) -> Option<Match> {
-        // the first of the closest, in load order (the index answers in entry order)
-        let best = self.within(&hash.limbs()).into_iter().fold(
-            None::<(&BankEntry, u32)>,
-            |best, (e, _, d)| match best {
-                Some((_, bd)) if bd <= d => best,
-                _ => Some((e, d)),
-            },
-        );
-        best.map(|(e, distance)| Match {
-            bank: self.name.clone(),
-            bank_version: self.version.clone(),
-            threshold: self.distance,
-            entry: e.clone(),
-            distance,
-            severity: self.severity,
-            action: self.action,
-            store_evidence: self.store_evidence,
-        })
-    }
 }
 
 /// Where the items added to a bank through the API are kept.
@@ -427,9 +528,14 @@ pub fn added_items_path(state_dir: &Path, bank: &str) -> PathBuf {
     state_dir.join("bank-items").join(format!("{bank}.pdq"))
 }
 
-/// Loads every configured bank with its API-added items, and exports their sizes.
-pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
-    let banks = Banks {
+/// Loads every configured bank with its API-added items, puts the large ones on `gpu` when
+/// given (see [`Bank::attach_gpu`]; one that does not fit stays on the CPU, with a warning),
+/// and exports their sizes.
+pub fn load_banks(
+    config: &crate::config::Config,
+    gpu: Option<&Arc<GpuScanner>>,
+) -> Result<Banks, BankError> {
+    let mut banks = Banks {
         banks: config
             .banks
             .iter()
@@ -438,6 +544,20 @@ pub fn load_banks(config: &crate::config::Config) -> Result<Banks, BankError> {
             })
             .collect::<Result<_, _>>()?,
     };
+    if let Some(gpu) = gpu {
+        for b in &mut banks.banks {
+            match b.attach_gpu(gpu) {
+                Ok(true) => {
+                    tracing::info!(bank = %b.name, hashes = b.len(), "bank matched on the GPU")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    crate::metrics::metrics().match_gpu_errors.inc();
+                    tracing::warn!(bank = %b.name, "bank stays on the CPU: {e:#}");
+                }
+            }
+        }
+    }
     export_sizes(&banks);
     for b in banks.banks.iter().filter(|b| b.is_empty()) {
         tracing::warn!(bank = %b.name, "bank is empty");
@@ -714,6 +834,35 @@ impl Banks {
         })
     }
 
+    /// Matches a batch of frames against every bank: one batch of queries per bank (one GPU
+    /// dispatch for a bank on a GPU). Per frame, the same answers as [`allowed`](Self::allowed),
+    /// [`matches_any`](Self::matches_any) and [`video_hits`](Self::video_hits).
+    pub fn match_frames(&self, frames: &[FrameQuery<'_>]) -> Vec<FrameMatches> {
+        let mut out: Vec<FrameMatches> = frames.iter().map(|_| FrameMatches::default()).collect();
+        for b in &self.banks {
+            let mut qs = Vec::new();
+            let mut plan = Vec::with_capacity(frames.len());
+            for f in frames {
+                let (q, range) = b.queries(f);
+                plan.push((qs.len(), range));
+                qs.extend(q);
+            }
+            let lists = b.within_batch(&qs);
+            for (o, (start, range)) in out.iter_mut().zip(plan) {
+                let mine = &lists[start..start + range.end];
+                if b.negative {
+                    if o.allowed.is_none() {
+                        o.allowed = b.best_of(&mine[range]);
+                    }
+                } else if !b.is_video() {
+                    o.found.extend(b.best_of(&mine[range]));
+                }
+                o.video.extend(b.hits_of(&mine[0]));
+            }
+        }
+        out
+    }
+
     /// The best match in each image bank that alerts (allow-lists and video banks aside).
     pub fn matches(&self, hash: &Hash256) -> Vec<Match> {
         self.matches_any(hash, None)
@@ -985,5 +1134,156 @@ mod tests {
             .best_match(&target)
             .is_none_or(|m| &*m.entry.item != "i10"));
         assert_eq!(removed.item_entries("i10"), 0);
+    }
+
+    fn from_limbs(l: [u64; 4]) -> Hash256 {
+        Hash256 {
+            words: std::array::from_fn(|k| (l[k / 4] >> (16 * (k % 4))) as u16),
+        }
+    }
+
+    /// What a frame's matches say, comparable.
+    type Summary = (
+        Option<(String, String, u32)>,
+        Vec<(String, String, u32)>,
+        Vec<(String, String, u32, Vec<u32>)>,
+    );
+
+    fn summary(fm: &FrameMatches) -> Summary {
+        let m = |m: &Match| (m.bank.to_string(), m.entry.item.to_string(), m.distance);
+        (
+            fm.allowed.as_ref().map(m),
+            fm.found.iter().map(m).collect(),
+            fm.video
+                .iter()
+                .map(|v| {
+                    (
+                        v.bank.to_string(),
+                        v.item.to_string(),
+                        v.distance,
+                        v.frames.clone(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Three large banks (a dihedral image bank with run-time changes, an allow-list, a
+    /// video bank), the same each call, so one copy can go onto a GPU and one stay on the CPU.
+    fn large_banks(gpu: Option<&Arc<GpuScanner>>) -> (Banks, Vec<[u64; 4]>) {
+        use crate::index::tests::Rng;
+        let mut rng = Rng(0x5eed);
+        let mut stored = Vec::new();
+        let mut entries = |n: usize, prefix: &str, items: usize| -> Vec<BankEntry> {
+            (0..n)
+                .map(|i| {
+                    let h = rng.hash();
+                    stored.push(h);
+                    BankEntry {
+                        hash: from_limbs(h),
+                        item: format!("{prefix}{}", i % items).into(),
+                        label: None,
+                    }
+                })
+                .collect()
+        };
+        let img = entries(6000, "i", 6000);
+        let allow = entries(4500, "a", 4500);
+        let vid = entries(5000, "v", 50);
+        let mut image = Bank::from_entries("img", PathBuf::from("img"), 31, img, "img");
+        image.dihedral = true;
+        let mut allowed = Bank::from_entries("allow", PathBuf::from("allow"), 20, allow, "allow");
+        allowed.negative = true;
+        let video = VideoInfo {
+            frame: (0..5000).map(|i| (i / 50) as u32).collect(),
+            frames_per_item: (0..50).map(|i| (format!("v{i}").into(), 100)).collect(),
+        };
+        let mut vbank = Bank::build("vid", PathBuf::from("vid"), 31, vid, Some(video), "vid");
+        for b in [&mut image, &mut allowed, &mut vbank] {
+            if let Some(g) = gpu {
+                assert!(b.attach_gpu(g).unwrap(), "{} is large enough", b.name);
+            }
+        }
+        // run-time changes share the GPU copy: an added hash, a removed item
+        let added = rng.hash();
+        stored.push(added);
+        let image = image
+            .with_added(
+                vec![BankEntry {
+                    hash: from_limbs(added),
+                    item: "added".into(),
+                    label: None,
+                }],
+                "added",
+            )
+            .with_removed("i7");
+        assert_eq!(image.on_gpu(), gpu.is_some());
+        (
+            Banks {
+                banks: vec![image, allowed, vbank],
+            },
+            stored,
+        )
+    }
+
+    #[test]
+    fn batches_match_as_single_frames_do_and_on_a_gpu_as_on_the_cpu() {
+        use crate::index::tests::{flip, Rng};
+        let (cpu, stored) = large_banks(None);
+        // frames: near-duplicates of stored hashes (0..=40 bits off) and random ones; with
+        // orientations whose first is the hash, whose first is not, or none
+        let mut rng = Rng(77);
+        let mut variants: Vec<[Hash256; 8]> = Vec::new();
+        let mut hashes = Vec::new();
+        for i in 0..240usize {
+            let h = if i % 4 == 3 {
+                rng.hash()
+            } else {
+                let src = stored[rng.below(stored.len() as u64) as usize];
+                let k = rng.below(41) as u32;
+                flip(&mut rng, &src, k)
+            };
+            let hash = from_limbs(h);
+            let mut v: [Hash256; 8] = std::array::from_fn(|_| from_limbs(flip(&mut rng, &h, 60)));
+            // a rotation that is itself a near-duplicate of something stored
+            v[3] = from_limbs(flip(&mut rng, &stored[i * 37 % stored.len()], 9));
+            if i % 3 != 1 {
+                v[0] = hash;
+            }
+            hashes.push(hash);
+            variants.push(v);
+        }
+        let frames: Vec<FrameQuery<'_>> = (0..hashes.len())
+            .map(|i| FrameQuery {
+                hash: hashes[i],
+                variants: (i % 5 != 4).then_some(&variants[i]),
+            })
+            .collect();
+        let batch = cpu.match_frames(&frames);
+        let mut seen = [0usize; 3];
+        for (f, got) in frames.iter().zip(&batch) {
+            let single = FrameMatches {
+                allowed: cpu.allowed(&f.hash, f.variants),
+                found: cpu.matches_any(&f.hash, f.variants),
+                video: cpu.video_hits(&f.hash),
+            };
+            assert_eq!(summary(got), summary(&single));
+            seen[0] += usize::from(got.allowed.is_some());
+            seen[1] += got.found.len();
+            seen[2] += got.video.len();
+        }
+        // the corpus reaches every kind of answer
+        assert!(seen.iter().all(|&n| n >= 10), "{seen:?}");
+
+        if crate::hash::gpu::list_adapters().is_empty() {
+            eprintln!("SKIPPED (GPU half): no wgpu adapter");
+            return;
+        }
+        let scanner = GpuScanner::new(crate::hash::gpu::AdapterChoice::Auto, true).unwrap();
+        let (gpu, _) = large_banks(Some(&scanner));
+        let on_gpu = gpu.match_frames(&frames);
+        for (a, b) in batch.iter().zip(&on_gpu) {
+            assert_eq!(summary(a), summary(b));
+        }
     }
 }

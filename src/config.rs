@@ -559,6 +559,18 @@ pub struct MatchConfig {
     /// Video banks: and at least this many frames.
     #[serde(default = "default_video_frames")]
     pub video_min_frames: usize,
+    /// Where large banks (4096 hashes and more) are matched: `auto` copies them into a real
+    /// GPU's memory when there is one and scans them there, a batch of frames per dispatch;
+    /// `gpu` insists (start fails without one); `cpu` keeps them in the multi-index.
+    #[serde(default)]
+    pub backend: HashBackend,
+    /// Which GPU adapter, as for `hash.adapter`.
+    #[serde(default)]
+    pub adapter: Option<AdapterSelector>,
+    /// Accept a software adapter (Mesa's lavapipe) for `backend = "gpu"`: exact, but much
+    /// slower than the index. For testing the kernel on GPU-less machines.
+    #[serde(default)]
+    pub allow_software: bool,
 }
 
 impl Default for MatchConfig {
@@ -569,6 +581,9 @@ impl Default for MatchConfig {
             video_window_secs: default_video_window(),
             video_min_percent: default_video_percent(),
             video_min_frames: default_video_frames(),
+            backend: HashBackend::Auto,
+            adapter: None,
+            allow_software: false,
         }
     }
 }

@@ -75,7 +75,20 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
     init_media();
     let m = metrics();
 
-    let banks = Arc::new(ArcSwap::from_pointee(bank::load_banks(&config)?));
+    let (scanner, match_backend) = index::gpu::from_config(&config.matching)?;
+    m.match_backend_info
+        .with_label_values(&[
+            match_backend.backend,
+            &match_backend.adapter,
+            &match_backend.device_type,
+            &match_backend.driver,
+        ])
+        .set(1);
+    info!(backend = %match_backend, "matching large banks");
+    let banks = Arc::new(ArcSwap::from_pointee(bank::load_banks(
+        &config,
+        scanner.as_ref(),
+    )?));
 
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -199,6 +212,7 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         banks: banks.clone(),
         manager: manager.clone(),
         state_dir: config.state_dir.clone(),
+        scanner,
         lock: tokio::sync::Mutex::new(()),
     });
     let api_state = api::ApiState {
@@ -212,6 +226,7 @@ pub async fn run(config: Config, cancel: CancellationToken, hooks: RunHooks) -> 
         status: Arc::new(api::StaticStatus {
             version: VERSION,
             hash_backend: backend.clone(),
+            match_backend,
             decode_threads,
             hash_threads,
             classifier: classifier.as_ref().map(|c| api::ClassifierStatus {
@@ -288,6 +303,8 @@ pub struct Reloader {
     pub banks: Arc<ArcSwap<Banks>>,
     manager: Arc<manager::Manager>,
     state_dir: std::path::PathBuf,
+    /// Where reloaded banks go when they are matched on a GPU.
+    scanner: Option<Arc<index::gpu::GpuScanner>>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -310,11 +327,12 @@ impl Reloader {
             .clone()
             .context("this instance was not started from a config file")?;
         let state_dir = self.state_dir.clone();
+        let scanner = self.scanner.clone();
         let (config, banks) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut config = config::load(&path)?;
             // the state directory is fixed for the process's life
             config.state_dir = state_dir;
-            let banks = bank::load_banks(&config)?;
+            let banks = bank::load_banks(&config, scanner.as_ref())?;
             Ok((config, banks))
         })
         .await??;
@@ -488,9 +506,31 @@ fn hash_thread(
             });
         let per_frame = t.elapsed().as_secs_f64() / batch.len() as f64;
         let with_video = banks.has_video();
-        for (f, h) in batch.into_iter().zip(hashes) {
+        // the frames good enough to match, matched together: one batch per bank
+        let t = Instant::now();
+        let queries: Vec<bank::FrameQuery<'_>> = hashes
+            .iter()
+            .filter(|h| h.quality >= min_quality)
+            .map(|h| bank::FrameQuery {
+                hash: h.hashes[0],
+                variants: dihedral.then_some(&h.hashes),
+            })
+            .collect();
+        let mut matched = banks.match_frames(&queries).into_iter();
+        if !queries.is_empty() {
+            let per_query = t.elapsed().as_secs_f64() / queries.len() as f64;
+            for _ in 0..queries.len() {
+                m.stage_seconds
+                    .with_label_values(&[stage::MATCH])
+                    .observe(per_query);
+            }
+        }
+        for (f, h) in batch.into_iter().zip(&hashes) {
             // a stream removed meanwhile: its frames go unmatched
             let Some(status) = registry.get(f.stream) else {
+                if h.quality >= min_quality {
+                    matched.next();
+                }
                 continue;
             };
             m.stage_seconds
@@ -503,23 +543,15 @@ fn hash_thread(
                 continue;
             }
             let hash = h.hashes[0];
-            let variants = dihedral.then_some(&h.hashes);
-            let t = Instant::now();
-            let allowed = banks.allowed(&hash, variants);
-            let (found, video) = match &allowed {
+            let fm = matched.next().expect("one answer per matched frame");
+            let (found, video) = match fm.allowed {
                 Some(a) => {
                     // an allow-listed frame raises nothing (its video window sees no hit)
                     m.matches.with_label_values(&[&a.bank]).inc();
                     (Vec::new(), with_video.then(Vec::new))
                 }
-                None => (
-                    banks.matches_any(&hash, variants),
-                    with_video.then(|| banks.video_hits(&hash)),
-                ),
+                None => (fm.found, with_video.then_some(fm.video)),
             };
-            m.stage_seconds
-                .with_label_values(&[stage::MATCH])
-                .observe(t.elapsed().as_secs_f64());
             let hits = video.as_ref().map_or(0, Vec::len);
             if found.is_empty() && video.is_none() {
                 continue;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub hash_backend_info: IntGaugeVec,
     pub hash_errors: IntCounter,
+    pub match_backend_info: IntGaugeVec,
+    pub match_gpu_errors: IntCounter,
     pub streams: IntGaugeVec,
     pub sampling_fallback_streams: IntGaugeVec,
     pub frames_received: IntCounter,
@@ -117,6 +119,19 @@ impl Metrics {
                 "livewatch_hash_backend_info",
                 "Always 1; labels say where PDQ runs: backend (gpu or cpu), adapter (GPU name, or the CPU path's instruction set), device type and driver",
                 &["backend", "adapter", "device_type", "driver"],
+                r
+            )
+            .unwrap(),
+            match_backend_info: register_int_gauge_vec_with_registry!(
+                "livewatch_match_backend_info",
+                "Always 1; labels say where large banks are matched: backend (gpu: scanned in GPU memory, or cpu: the multi-index), adapter, device type and driver",
+                &["backend", "adapter", "device_type", "driver"],
+                r
+            )
+            .unwrap(),
+            match_gpu_errors: register_int_counter_with_registry!(
+                "livewatch_match_gpu_errors_total",
+                "GPU scans that failed and were matched on the CPU instead, and banks that could not be copied onto the GPU",
                 r
             )
             .unwrap(),

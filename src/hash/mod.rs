@@ -70,6 +70,30 @@ pub struct BackendInfo {
     pub driver: String,
 }
 
+impl BackendInfo {
+    /// A GPU adapter's name, type and driver.
+    pub fn gpu(a: &wgpu::AdapterInfo) -> Self {
+        BackendInfo {
+            backend: "gpu",
+            adapter: a.name.clone(),
+            device_type: format!("{:?}", a.device_type),
+            driver: format!("{:?} {} {}", a.backend, a.driver, a.driver_info)
+                .trim()
+                .to_string(),
+        }
+    }
+
+    /// The CPU, described by `adapter` (an instruction set, a method).
+    pub fn cpu(adapter: &str) -> Self {
+        BackendInfo {
+            backend: "cpu",
+            adapter: adapter.to_string(),
+            device_type: "-".into(),
+            driver: "-".into(),
+        }
+    }
+}
+
 impl fmt::Display for BackendInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.backend {
@@ -111,23 +135,8 @@ impl Engine {
 
     pub fn info(&self) -> BackendInfo {
         match self {
-            Engine::Cpu(_) => BackendInfo {
-                backend: "cpu",
-                adapter: pdq::instruction_set().to_string(),
-                device_type: "-".into(),
-                driver: "-".into(),
-            },
-            Engine::Gpu(g) => {
-                let a = g.adapter_info();
-                BackendInfo {
-                    backend: "gpu",
-                    adapter: a.name.clone(),
-                    device_type: format!("{:?}", a.device_type),
-                    driver: format!("{:?} {} {}", a.backend, a.driver, a.driver_info)
-                        .trim()
-                        .to_string(),
-                }
-            }
+            Engine::Cpu(_) => BackendInfo::cpu(pdq::instruction_set()),
+            Engine::Gpu(g) => BackendInfo::gpu(g.adapter_info()),
         }
     }
 

@@ -17,7 +17,9 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{bail, Context};
 
+use crate::config::{AdapterSelector, HashBackend, MatchConfig};
 use crate::hash::gpu::{enumerate, error_scoped, grow, new_instance, pick_adapter, AdapterChoice};
+use crate::hash::BackendInfo;
 
 const SCAN_WGSL: &str = include_str!("../../shaders/hamming_scan.wgsl");
 /// The kernel's workgroup size (`SCAN_GROUP`).
@@ -35,6 +37,34 @@ const FIRST_CAPACITY: u32 = 4096;
 const MAX_QUERIES: usize = 1 << 14;
 /// Uniform buffer offsets must be multiples of this (wgpu's default alignment).
 const PARAMS_STRIDE: u64 = 256;
+
+/// Opens the scanner `[match]` asks for: none for `cpu`; a real GPU's (or, with
+/// `allow_software`, any adapter's) or an error for `gpu`; a real GPU's when there is one for
+/// `auto`, else none (and the log says why). With the description logs, metrics and the
+/// status API show.
+pub fn from_config(config: &MatchConfig) -> anyhow::Result<(Option<Arc<GpuScanner>>, BackendInfo)> {
+    let cpu = || BackendInfo::cpu("multi-index");
+    let choice = match &config.adapter {
+        None => AdapterChoice::Auto,
+        Some(AdapterSelector::Index(i)) => AdapterChoice::Index(*i),
+        Some(AdapterSelector::Name(n)) => AdapterChoice::Name(n.clone()),
+    };
+    let scanner = match config.backend {
+        HashBackend::Cpu => return Ok((None, cpu())),
+        HashBackend::Gpu => {
+            GpuScanner::new(choice, config.allow_software).context("match.backend = \"gpu\"")?
+        }
+        HashBackend::Auto => match GpuScanner::new(choice, false) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!("no usable GPU adapter, large banks are matched on the CPU: {e:#}");
+                return Ok((None, cpu()));
+            }
+        },
+    };
+    let info = BackendInfo::gpu(scanner.adapter_info());
+    Ok((Some(scanner), info))
+}
 
 /// Field for field the kernel's `ScanParams`.
 #[repr(C)]
