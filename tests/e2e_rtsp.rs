@@ -316,15 +316,30 @@ fn failed_deliveries_are_retried_with_the_same_id_and_fresh_signatures() {
 /// stream showing known content alerts, the unrelated one does not, and the backend in use is
 /// exported. A machine without any Vulkan or GL driver must refuse to start instead.
 #[test]
-fn gpu_backend_hashes_live_streams_and_says_so() {
+fn gpu_backends_hash_and_match_live_streams_and_say_so() {
     let known = known_clip();
     let others = unrelated_clips();
     let server = RtspServer::start(free_port(), &[("known", &known), ("other", &others[0])]);
     let receiver = Receiver::start(0);
     let dir = tempfile::tempdir().unwrap();
-    bank_from_clip(dir.path(), "known.pdq", &known);
+    let bank = bank_from_clip(dir.path(), "known.pdq", &known);
+    // padded with unrelated hashes to a size that is matched in GPU memory (4096 and more)
+    let mut text = std::fs::read_to_string(&bank).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..5000 {
+        let mut hex = String::new();
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            hex.push_str(&format!("{x:016x}"));
+        }
+        text.push_str(&format!("{hex},padding-{i}\n"));
+    }
+    std::fs::write(&bank, text).unwrap();
     let config = format!(
         "[hash]\nbackend = \"gpu\"\nallow_software = true\nbatch = 8\n\n\
+         [match]\nbackend = \"gpu\"\nallow_software = true\n\n\
          [[banks]]\nname = \"known\"\npath = \"known.pdq\"\n\n\
          [[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\n\
          [[streams]]\nid = \"cam-known\"\nurl = \"{}\"\n\n\
@@ -360,6 +375,18 @@ fn gpu_backend_hashes_live_streams_and_says_so() {
         metric(&metrics, "livewatch_hash_gpu_errors_total"),
         Some(0.0)
     );
+    let matching = metrics
+        .lines()
+        .find(|l| l.starts_with("livewatch_match_backend_info{"))
+        .unwrap_or_default();
+    assert!(matching.contains("backend=\"gpu\""), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "livewatch_match_gpu_errors_total"),
+        Some(0.0)
+    );
+    let (_, status) = lw.get("/v1/status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["match"]["backend"], "gpu", "{status:#}");
     let records = receiver.records();
     assert!(
         records
