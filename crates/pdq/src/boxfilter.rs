@@ -29,7 +29,7 @@ const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
 /// Defines `pub fn NAME(args)` calling `IMPL::<Avx2>(args)` from a function compiled for AVX2
-/// when the CPU has it, else `IMPL::<Portable>(args)`. `IMPL` is `#[inline(always)]`, so each
+/// and FMA when the CPU has them, else `IMPL::<Portable>(args)`. `IMPL` is `#[inline(always)]`, so each
 /// wrapper gets its own copy compiled for its instruction set.
 macro_rules! multiversion {
     ($($(#[$doc:meta])* fn $name:ident => $imp:ident($($arg:ident: $ty:ty),*);)*) => {$(
@@ -37,12 +37,12 @@ macro_rules! multiversion {
         pub fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     $imp::<Avx2>($($arg),*)
                 }
                 if has_avx2() {
-                    // SAFETY: the CPU supports AVX2 (checked just now).
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just now).
                     return unsafe { avx2($($arg),*) };
                 }
             }
@@ -78,14 +78,17 @@ multiversion! {
     );
 }
 
+/// Whether the CPU has AVX2 and FMA (every x86-64 CPU with AVX2 so far also has FMA).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+    *AVX2.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
 }
 
-/// The instruction set the filters run with on this CPU.
+/// The instruction set the filters run with on this CPU ("avx2" includes FMA).
 pub fn instruction_set() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -94,8 +97,32 @@ pub fn instruction_set() -> &'static str {
     "portable"
 }
 
-/// Moving `LANES` rows in and out of a strip (one `LANES`-wide vector per column).
-trait Transpose {
+/// A window size, as a float and as its reciprocal (for division without dividing, see
+/// `avx2::divide`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Divisor {
+    size: f32,
+    recip: f32,
+}
+
+impl Divisor {
+    #[inline(always)]
+    fn new(size: u32) -> Self {
+        let size = size as f32;
+        Self {
+            size,
+            recip: 1.0 / size,
+        }
+    }
+}
+
+/// What differs per instruction set: moving `LANES` rows in and out of a strip (one
+/// `LANES`-wide vector per column), and dividing the sums by the window size.
+trait Isa {
+    /// `sum / d.size` in every lane, correctly rounded as `/` is.
+    fn divide(sum: &Lanes, d: Divisor) -> Lanes;
+    /// `out[i] = sum[i] / d.size`, correctly rounded as `/` is.
+    fn divide_row(sum: &[f32], d: Divisor, out: &mut [f32]);
     /// Copies rows `r0..r0 + LANES` of `input` into `strip`.
     fn load(input: &[f32], r0: usize, cols: usize, strip: &mut [Lanes]);
     /// The inverse of `load`.
@@ -123,7 +150,19 @@ fn luma8(v: u8, limited: bool) -> f32 {
 
 struct Portable;
 
-impl Transpose for Portable {
+impl Isa for Portable {
+    #[inline(always)]
+    fn divide(sum: &Lanes, d: Divisor) -> Lanes {
+        std::array::from_fn(|l| sum[l] / d.size)
+    }
+
+    #[inline(always)]
+    fn divide_row(sum: &[f32], d: Divisor, out: &mut [f32]) {
+        for (o, &s) in out.iter_mut().zip(sum) {
+            *o = s / d.size;
+        }
+    }
+
     #[inline(always)]
     fn load_u8(
         input: &[u8],
@@ -162,7 +201,20 @@ impl Transpose for Portable {
 struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
-impl Transpose for Avx2 {
+impl Isa for Avx2 {
+    #[inline(always)]
+    fn divide(sum: &Lanes, d: Divisor) -> Lanes {
+        // SAFETY: only reached from functions compiled for AVX2 and FMA, called after the CPU
+        // check.
+        unsafe { avx2::divide_lanes(sum, d) }
+    }
+
+    #[inline(always)]
+    fn divide_row(sum: &[f32], d: Divisor, out: &mut [f32]) {
+        // SAFETY: as for `divide`.
+        unsafe { avx2::divide_row(sum, d, out) }
+    }
+
     #[inline(always)]
     fn load_u8(
         input: &[u8],
@@ -181,8 +233,8 @@ impl Transpose for Avx2 {
     #[inline(always)]
     fn load(input: &[f32], r0: usize, cols: usize, strip: &mut [Lanes]) {
         assert!(input.len() >= (r0 + LANES) * cols && strip.len() >= cols);
-        // SAFETY: only reached from functions compiled for AVX2, called after the CPU check;
-        // the bounds are asserted above.
+        // SAFETY: only reached from functions compiled for AVX2 and FMA, called after the CPU
+        // check; the bounds are asserted above.
         unsafe { avx2::load(input, r0, cols, strip) }
     }
 
@@ -196,8 +248,67 @@ impl Transpose for Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Lanes, LANES};
+    use super::{Divisor, Lanes, LANES};
     use std::arch::x86_64::*;
+
+    /// The largest window size `divide` multiplies by the reciprocal for; larger ones (images
+    /// over 32768 pixels on a side) are divided.
+    pub const RECIPROCAL_MAX: f32 = 256.0;
+
+    /// `x / d.size`, correctly rounded, with two FMAs and a product instead of a division
+    /// (which has a fifth of their throughput): `q = x * recip` is within an ulp of the
+    /// quotient, the FMA `x - q * size` is then exactly its remainder, and `q + remainder *
+    /// recip` rounds to the correctly rounded quotient (Markstein's correction). Scaling `x`
+    /// by a power of two scales every step exactly, so checking every significand, `x` in
+    /// [1, 2), for every size up to `RECIPROCAL_MAX` checks every normal `x`; a test does so.
+    /// Zero gives +0, like +0 / size; the sums never are -0 (they start at +0, and in
+    /// round-to-nearest a sum or difference is -0 only when an operand already is).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn divide(x: __m256, size: __m256, recip: __m256) -> __m256 {
+        let q = _mm256_mul_ps(x, recip);
+        let remainder = _mm256_fnmadd_ps(q, size, x);
+        _mm256_fmadd_ps(remainder, recip, q)
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn divide_lanes(sum: &Lanes, d: Divisor) -> Lanes {
+        let (size, recip) = (_mm256_set1_ps(d.size), _mm256_set1_ps(d.recip));
+        let mut out = [0f32; LANES];
+        for half in 0..LANES / 8 {
+            let x = _mm256_loadu_ps(sum.as_ptr().add(half * 8));
+            let q = if d.size <= RECIPROCAL_MAX {
+                divide(x, size, recip)
+            } else {
+                _mm256_div_ps(x, size)
+            };
+            _mm256_storeu_ps(out.as_mut_ptr().add(half * 8), q);
+        }
+        out
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn divide_row(sum: &[f32], d: Divisor, out: &mut [f32]) {
+        let n = sum.len().min(out.len());
+        let (size, recip) = (_mm256_set1_ps(d.size), _mm256_set1_ps(d.recip));
+        let (src, dst) = (sum.as_ptr(), out.as_mut_ptr());
+        let mut i = 0;
+        if d.size <= RECIPROCAL_MAX {
+            while i + 8 <= n {
+                _mm256_storeu_ps(dst.add(i), divide(_mm256_loadu_ps(src.add(i)), size, recip));
+                i += 8;
+            }
+        }
+        for j in i..n {
+            *dst.add(j) = *src.add(j) / d.size;
+        }
+    }
 
     /// 8x8 transpose in registers.
     #[inline]
@@ -342,7 +453,7 @@ mod avx2 {
 /// Slides the window along a strip with the reference's four phases (grow the window, slide
 /// it, shrink it), calling `emit(o, sums, size)` when output `o` is due.
 #[inline(always)]
-fn slide_strip(strip: &[Lanes], window: usize, mut emit: impl FnMut(usize, &Lanes, f32)) {
+fn slide_strip(strip: &[Lanes], window: usize, mut emit: impl FnMut(usize, &Lanes, Divisor)) {
     let half = (window + 2) / 2;
     let (mut li, mut ri, mut oi) = (0usize, 0usize, 0usize);
     let mut size = 0u32;
@@ -355,14 +466,15 @@ fn slide_strip(strip: &[Lanes], window: usize, mut emit: impl FnMut(usize, &Lane
     for _ in 0..window - half + 1 {
         add(&mut sum, &strip[ri]);
         size += 1;
-        emit(oi, &sum, size as f32);
+        emit(oi, &sum, Divisor::new(size));
         ri += 1;
         oi += 1;
     }
+    let full = Divisor::new(size);
     for _ in 0..strip.len().saturating_sub(window) {
         add(&mut sum, &strip[ri]);
         sub(&mut sum, &strip[li]);
-        emit(oi, &sum, size as f32);
+        emit(oi, &sum, full);
         li += 1;
         ri += 1;
         oi += 1;
@@ -370,7 +482,7 @@ fn slide_strip(strip: &[Lanes], window: usize, mut emit: impl FnMut(usize, &Lane
     for _ in 0..half - 1 {
         sub(&mut sum, &strip[li]);
         size -= 1;
-        emit(oi, &sum, size as f32);
+        emit(oi, &sum, Divisor::new(size));
         li += 1;
         oi += 1;
     }
@@ -384,15 +496,6 @@ fn add(sum: &mut Lanes, v: &Lanes) {
 }
 
 #[inline(always)]
-fn div(sum: &Lanes, size: f32) -> Lanes {
-    let mut out = [0f32; LANES];
-    for l in 0..LANES {
-        out[l] = sum[l] / size;
-    }
-    out
-}
-
-#[inline(always)]
 fn sub(sum: &mut Lanes, v: &Lanes) {
     for l in 0..LANES {
         sum[l] -= v[l];
@@ -400,13 +503,7 @@ fn sub(sum: &mut Lanes, v: &Lanes) {
 }
 
 #[inline(always)]
-fn rows_impl<T: Transpose>(
-    input: &[f32],
-    output: &mut [f32],
-    rows: usize,
-    cols: usize,
-    window: usize,
-) {
+fn rows_impl<T: Isa>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
     let full = rows / LANES * LANES;
     let mut strip = vec![[0f32; LANES]; cols];
     let mut filtered = vec![[0f32; LANES]; cols];
@@ -416,7 +513,7 @@ fn rows_impl<T: Transpose>(
             &strip,
             window,
             #[inline(always)]
-            |o, sum, size| filtered[o] = div(sum, size),
+            |o, sum, d| filtered[o] = T::divide(sum, d),
         );
         T::store(&filtered, output, r0, cols);
     }
@@ -427,11 +524,11 @@ fn rows_impl<T: Transpose>(
 
 /// The row pass over one strip, kept only at the columns `at`, into `output` (`LANES x 64`).
 #[inline(always)]
-fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut [f32]) {
+fn sampled_strip<T: Isa>(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut [f32]) {
     // the sums and sizes at the samples, divided afterwards: dividing inside the slide lets
     // the compiler hoist the (side-effect free) division above the test and run it everywhere
     let mut kept = [[0f32; LANES]; DOWN];
-    let mut sizes = [0f32; DOWN];
+    let mut sizes = [Divisor::default(); DOWN];
     let mut k = 0;
     slide_strip(
         strip,
@@ -446,7 +543,7 @@ fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut 
         },
     );
     for (v, &size) in kept.iter_mut().zip(&sizes) {
-        *v = div(v, size);
+        *v = T::divide(v, size);
     }
     for (l, out) in output.chunks_exact_mut(DOWN).enumerate() {
         for (o, v) in out.iter_mut().zip(&kept) {
@@ -457,7 +554,7 @@ fn sampled_strip(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut 
 
 #[inline(always)]
 #[cfg(test)]
-fn rows_u8_impl<T: Transpose>(
+fn rows_u8_impl<T: Isa>(
     input: &[u8],
     stride: usize,
     limited: bool,
@@ -475,7 +572,7 @@ fn rows_u8_impl<T: Transpose>(
             &strip,
             window,
             #[inline(always)]
-            |o, sum, size| filtered[o] = div(sum, size),
+            |o, sum, d| filtered[o] = T::divide(sum, d),
         );
         T::store(&filtered, output, r0, cols);
     }
@@ -498,7 +595,7 @@ fn luma_rgb_impl<T>(rgb: &[u8], out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn rows_sampled_impl<T: Transpose>(
+fn rows_sampled_impl<T: Isa>(
     input: &[f32],
     output: &mut [f32],
     rows: usize,
@@ -510,7 +607,7 @@ fn rows_sampled_impl<T: Transpose>(
     let mut strip = vec![[0f32; LANES]; cols];
     for r0 in (0..full).step_by(LANES) {
         T::load(input, r0, cols, &mut strip);
-        sampled_strip(
+        sampled_strip::<T>(
             &strip,
             window,
             at,
@@ -526,10 +623,8 @@ fn rows_sampled_impl<T: Transpose>(
     }
 }
 
-// `T` (the instruction set) is unused: the portable code vectorises as it is
-#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
-fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
+fn cols_impl<T: Isa>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
     let mut sums = vec![0f32; cols];
     ColumnSlide::new(rows, window).advance(
         rows,
@@ -537,15 +632,8 @@ fn cols_impl<T>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, win
         #[inline(always)]
         |r| &input[r * cols..(r + 1) * cols],
         #[inline(always)]
-        |o, sum, size| divide_row(sum, size, &mut output[o * cols..(o + 1) * cols]),
+        |o, sum, d| T::divide_row(sum, d, &mut output[o * cols..(o + 1) * cols]),
     );
-}
-
-#[inline(always)]
-fn divide_row(sum: &[f32], size: f32, out: &mut [f32]) {
-    for (d, &s) in out.iter_mut().zip(sum) {
-        *d = s / size;
-    }
 }
 
 /// The box filter down all columns at once, one row-wide vector of running sums sliding over
@@ -580,7 +668,7 @@ impl ColumnSlide {
         avail: usize,
         sums: &mut [f32],
         row: impl Fn(usize) -> &'a [f32],
-        mut emit: impl FnMut(usize, &[f32], f32),
+        mut emit: impl FnMut(usize, &[f32], Divisor),
     ) {
         let (rows, window, half) = (self.rows, self.window, self.half);
         // output o is centred so that row o + half - 1 enters the window with it
@@ -610,7 +698,7 @@ impl ColumnSlide {
                 }
                 self.size -= 1;
             }
-            emit(o, sums, self.size as f32);
+            emit(o, sums, Divisor::new(self.size));
             self.next += 1;
         }
     }
@@ -639,7 +727,7 @@ pub enum Source<'a> {
 impl Source<'_> {
     /// Rows `r0..r0 + LANES` as luma, into `strip`; `luma` is scratch.
     #[inline(always)]
-    fn load<T: Transpose>(&self, r0: usize, cols: usize, strip: &mut [Lanes], luma: &mut Vec<f32>) {
+    fn load<T: Isa>(&self, r0: usize, cols: usize, strip: &mut [Lanes], luma: &mut Vec<f32>) {
         match *self {
             Source::Luma8 {
                 data,
@@ -699,7 +787,7 @@ pub struct Scratch {
 /// bit, and the leftover `rows % LANES` rows go line by line through [`crate::box_1d`] as they
 /// do there.
 #[inline(always)]
-fn blur_impl<T: Transpose>(
+fn blur_impl<T: Isa>(
     src: Source<'_>,
     rows: usize,
     cols: usize,
@@ -739,13 +827,13 @@ fn blur_impl<T: Transpose>(
             #[inline(always)]
             |r| &ring[r % cap * cols..][..cols],
             #[inline(always)]
-            |o, sum, size| {
+            |o, sum, d| {
                 let slot = o % LANES;
-                divide_row(sum, size, &mut pass2[slot * cols..(slot + 1) * cols]);
+                T::divide_row(sum, d, &mut pass2[slot * cols..(slot + 1) * cols]);
                 if slot == LANES - 1 {
                     T::load(pass2, 0, cols, strip);
                     let r0 = o + 1 - LANES;
-                    sampled_strip(
+                    sampled_strip::<T>(
                         strip,
                         win_rows,
                         at,
@@ -761,7 +849,7 @@ fn blur_impl<T: Transpose>(
             strip,
             win_rows,
             #[inline(always)]
-            |o, sum, size| filtered[o] = div(sum, size),
+            |o, sum, d| filtered[o] = T::divide(sum, d),
         );
         T::store(filtered, ring, r0 % cap, cols);
         advance(r0 + LANES, ring, strip);
@@ -925,6 +1013,51 @@ mod tests {
                 let mut one = vec![0f32; rows * cols];
                 super::rows_u8(&data, stride, limited, &mut one, rows, cols, window);
                 assert_eq!(bits(&one), bits(&two), "{rows}x{cols} limited {limited}");
+            }
+        }
+    }
+
+    /// Every window size the AVX2 code divides by multiplying, against `/`: exhaustively over
+    /// one binade (which covers every normal float, see `avx2::divide`), and on whole
+    /// numbers, zero, negative and random values as a cross-check of that argument.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn division_by_the_reciprocal_is_exact() {
+        if !has_avx2() {
+            eprintln!("no AVX2 and FMA here: nothing to check");
+            return;
+        }
+        let mut xs: Vec<f32> = (0..1u32 << 23)
+            .map(|m| f32::from_bits(0x3f80_0000 | m))
+            .collect();
+        xs.extend((0..=255 * 256).map(|v| v as f32));
+        let mut state = 0x9e37_79b9u32;
+        xs.extend((0..1 << 20).map(|i| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            // exponents 2^-64 ..= 2^63, either sign
+            let bits = (state & 0x807f_ffff) | ((63 + state % 128) << 23);
+            if i % 2 == 0 {
+                f32::from_bits(bits)
+            } else {
+                -f32::from_bits(bits)
+            }
+        }));
+        let mut quotients = vec![0f32; xs.len()];
+        for size in 1..=avx2::RECIPROCAL_MAX as u32 {
+            let d = Divisor::new(size);
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { avx2::divide_row(&xs, d, &mut quotients) };
+            let exact = |(x, q): (&f32, &f32)| (x / d.size).to_bits() == q.to_bits();
+            let wrong: usize = xs
+                .iter()
+                .zip(&quotients)
+                .map(|p| usize::from(!exact(p)))
+                .sum();
+            if wrong > 0 {
+                let (x, q) = xs.iter().zip(&quotients).find(|p| !exact(*p)).unwrap();
+                panic!("{x:e} / {size}: {q:e}, expected {:e}", x / d.size);
             }
         }
     }
