@@ -236,6 +236,16 @@ struct Row {
     equal: bool,
     bank_build_s: f64,
     add_match_s: f64,
+    gpu: Option<GpuRow>,
+}
+
+struct GpuRow {
+    adapter: String,
+    software: bool,
+    upload_s: f64,
+    queries: usize,
+    qps: f64,
+    equal: bool,
 }
 
 fn run(n: usize, tables: Option<usize>) -> Row {
@@ -302,6 +312,7 @@ fn run(n: usize, tables: Option<usize>) -> Row {
         sweep(&index, &hashes, &queries[..200]);
     }
     drop(index);
+    let gpu = gpu_scan(&hashes, &queries, &got);
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/index-bench");
     std::fs::create_dir_all(&dir).expect("create target/index-bench");
@@ -334,7 +345,59 @@ fn run(n: usize, tables: Option<usize>) -> Row {
         equal,
         bank_build_s,
         add_match_s,
+        gpu,
     }
+}
+
+/// The GPU scan (`[match] backend = "gpu"`) on the same bank and queries, when wgpu finds an
+/// adapter: upload time, lookups/s (best of 3, the queries as one batch) and whether it
+/// returns what the index returned. On a software adapter it takes fewer queries
+/// (2·10⁸ comparisons) and its speed only says what the CPU emulating a GPU does.
+fn gpu_scan(hashes: &[[u64; 4]], queries: &[[u64; 4]], want: &[Vec<(u32, u32)>]) -> Option<GpuRow> {
+    use livewatch::index::gpu::GpuScanner;
+    if livewatch::hash::gpu::list_adapters().is_empty() {
+        return None;
+    }
+    let scanner = match GpuScanner::new(livewatch::hash::gpu::AdapterChoice::Auto, true) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("GPU scan: no usable adapter: {e:#}");
+            return None;
+        }
+    };
+    let software = scanner.is_software();
+    let q = if software {
+        queries.len().min((200_000_000 / hashes.len()).max(1))
+    } else {
+        queries.len()
+    };
+    let t = Instant::now();
+    let bank = scanner
+        .upload(hashes)
+        .expect("copy the bank onto the adapter");
+    // the copy is done once the first (tiny) batch has run
+    bank.query_batch(&queries[..1], THRESHOLD)
+        .expect("GPU scan");
+    let upload_s = t.elapsed().as_secs_f64();
+    let mut best = f64::INFINITY;
+    let mut equal = true;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let got = bank
+            .query_batch(&queries[..q], THRESHOLD)
+            .expect("GPU scan");
+        best = best.min(t.elapsed().as_secs_f64());
+        equal &= got == want[..q];
+    }
+    let info = scanner.adapter_info();
+    Some(GpuRow {
+        adapter: format!("{} ({:?})", info.name, info.device_type),
+        software,
+        upload_s,
+        queries: q,
+        qps: q as f64 / best,
+        equal,
+    })
 }
 
 fn full_run() -> bool {
@@ -392,7 +455,7 @@ fn main() {
         "bank s",
         "add→match ms"
     );
-    for r in rows {
+    for r in &rows {
         let (fq, ratio, feq) = match &r.faiss {
             Some(f) => (
                 format!("{:.1} ({})", f.qps, f.queries),
@@ -415,5 +478,25 @@ fn main() {
             r.bank_build_s,
             r.add_match_s * 1e3,
         );
+    }
+    for r in &rows {
+        if let Some(g) = &r.gpu {
+            println!(
+                "GPU scan, N = {}: {}{}: upload {:.2} s ({} MB), {:.0} lookups/s over {} queries in one batch, equal to the index: {}",
+                r.n,
+                g.adapter,
+                if g.software {
+                    " [software rasteriser: informational, the CPU emulates the GPU]"
+                } else {
+                    ""
+                },
+                g.upload_s,
+                r.n * 32 >> 20,
+                g.qps,
+                g.queries,
+                if g.equal { "yes" } else { "NO" },
+            );
+            assert!(g.equal, "the GPU scan disagrees with the index");
+        }
     }
 }
