@@ -28,6 +28,10 @@ use crate::DOWN;
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
+/// Columns the column pass computes together in [`blur`]: four AVX2 registers of sums, four
+/// independent chains of additions.
+const BLOCK: usize = 32;
+
 /// Defines `pub fn NAME(args)` calling `IMPL::<Avx2>(args)` from a function compiled for AVX2
 /// and FMA when the CPU has them, else `IMPL::<Portable>(args)`. `IMPL` is `#[inline(always)]`, so each
 /// wrapper gets its own copy compiled for its instruction set.
@@ -123,19 +127,34 @@ trait Isa {
     fn divide(sum: &Lanes, d: Divisor) -> Lanes;
     /// `out[i] = sum[i] / d.size`, correctly rounded as `/` is.
     fn divide_row(sum: &[f32], d: Divisor, out: &mut [f32]);
-    /// Copies rows `r0..r0 + LANES` of `input` into `strip`.
-    fn load(input: &[f32], r0: usize, cols: usize, strip: &mut [Lanes]);
+    /// Copies the first `strip.len()` columns of `LANES` rows of `input`, `stride` apart,
+    /// into `strip`.
+    fn load(input: &[f32], stride: usize, strip: &mut [Lanes]);
     /// The inverse of `load`.
-    fn store(strip: &[Lanes], output: &mut [f32], r0: usize, cols: usize);
+    fn store(strip: &[Lanes], output: &mut [f32], stride: usize);
     /// `load` from 8-bit luma, converted as [`crate::luma`] does.
-    fn load_u8(
-        input: &[u8],
-        stride: usize,
-        limited: bool,
-        r0: usize,
-        cols: usize,
-        strip: &mut [Lanes],
-    );
+    fn load_u8(input: &[u8], stride: usize, limited: bool, strip: &mut [Lanes]);
+    /// The column pass over one block of `LANES` rows and `sums.len()` columns (at most
+    /// `BLOCK`),
+    /// transposed into `out` (one vector per column): `ops` in order, `Emit` giving the next
+    /// row of the block. `ring` holds the first pass's rows, each `Add` and `Sub` the offset
+    /// of one, and `sums` are the running sums of those columns.
+    fn column_block(ops: &[ColumnOp], ring: &[f32], sums: &mut [f32], out: &mut [Lanes]) {
+        let n = sums.len();
+        let mut l = 0;
+        for op in ops {
+            match *op {
+                ColumnOp::Add(at) => add_row(sums, &ring[at..at + n]),
+                ColumnOp::Sub(at) => sub_row(sums, &ring[at..at + n]),
+                ColumnOp::Emit(d) => {
+                    for (o, &s) in out.iter_mut().zip(&*sums) {
+                        o[l] = s / d.size;
+                    }
+                    l += 1;
+                }
+            }
+        }
+    }
 }
 
 /// 8-bit luma sample as f32: through the limited-to-full-range table, or as is.
@@ -164,34 +183,29 @@ impl Isa for Portable {
     }
 
     #[inline(always)]
-    fn load_u8(
-        input: &[u8],
-        stride: usize,
-        limited: bool,
-        r0: usize,
-        cols: usize,
-        strip: &mut [Lanes],
-    ) {
-        let lines: [&[u8]; LANES] = std::array::from_fn(|l| &input[(r0 + l) * stride..][..cols]);
-        for (j, out) in strip[..cols].iter_mut().enumerate() {
+    fn load_u8(input: &[u8], stride: usize, limited: bool, strip: &mut [Lanes]) {
+        let cols = strip.len();
+        let lines: [&[u8]; LANES] = std::array::from_fn(|l| &input[l * stride..][..cols]);
+        for (j, out) in strip.iter_mut().enumerate() {
             *out = std::array::from_fn(|l| luma8(lines[l][j], limited));
         }
     }
 
     #[inline(always)]
-    fn load(input: &[f32], r0: usize, cols: usize, strip: &mut [Lanes]) {
-        let lines: [&[f32]; LANES] = std::array::from_fn(|l| &input[(r0 + l) * cols..][..cols]);
-        for (j, out) in strip[..cols].iter_mut().enumerate() {
+    fn load(input: &[f32], stride: usize, strip: &mut [Lanes]) {
+        let cols = strip.len();
+        let lines: [&[f32]; LANES] = std::array::from_fn(|l| &input[l * stride..][..cols]);
+        for (j, out) in strip.iter_mut().enumerate() {
             *out = std::array::from_fn(|l| lines[l][j]);
         }
     }
 
     #[inline(always)]
-    fn store(strip: &[Lanes], output: &mut [f32], r0: usize, cols: usize) {
-        let out = &mut output[r0 * cols..(r0 + LANES) * cols];
-        for (j, v) in strip[..cols].iter().enumerate() {
+    fn store(strip: &[Lanes], output: &mut [f32], stride: usize) {
+        let out = &mut output[..(LANES - 1) * stride + strip.len()];
+        for (j, v) in strip.iter().enumerate() {
             for l in 0..LANES {
-                out[l * cols + j] = v[l];
+                out[l * stride + j] = v[l];
             }
         }
     }
@@ -216,39 +230,40 @@ impl Isa for Avx2 {
     }
 
     #[inline(always)]
-    fn load_u8(
-        input: &[u8],
-        stride: usize,
-        limited: bool,
-        r0: usize,
-        cols: usize,
-        strip: &mut [Lanes],
-    ) {
-        assert!(input.len() >= (r0 + LANES - 1) * stride + cols && cols <= stride);
-        assert!(strip.len() >= cols);
+    fn load_u8(input: &[u8], stride: usize, limited: bool, strip: &mut [Lanes]) {
+        assert!(input.len() >= (LANES - 1) * stride + strip.len());
         // SAFETY: as for `load`.
-        unsafe { avx2::load_u8(input, stride, limited, r0, cols, strip) }
+        unsafe { avx2::load_u8(input, stride, limited, strip) }
     }
 
     #[inline(always)]
-    fn load(input: &[f32], r0: usize, cols: usize, strip: &mut [Lanes]) {
-        assert!(input.len() >= (r0 + LANES) * cols && strip.len() >= cols);
+    fn load(input: &[f32], stride: usize, strip: &mut [Lanes]) {
+        assert!(input.len() >= (LANES - 1) * stride + strip.len());
         // SAFETY: only reached from functions compiled for AVX2 and FMA, called after the CPU
         // check; the bounds are asserted above.
-        unsafe { avx2::load(input, r0, cols, strip) }
+        unsafe { avx2::load(input, stride, strip) }
     }
 
     #[inline(always)]
-    fn store(strip: &[Lanes], output: &mut [f32], r0: usize, cols: usize) {
-        assert!(output.len() >= (r0 + LANES) * cols && strip.len() >= cols);
+    fn store(strip: &[Lanes], output: &mut [f32], stride: usize) {
+        assert!(output.len() >= (LANES - 1) * stride + strip.len());
         // SAFETY: as for `load`.
-        unsafe { avx2::store(strip, output, r0, cols) }
+        unsafe { avx2::store(strip, output, stride) }
+    }
+
+    #[inline(always)]
+    fn column_block(ops: &[ColumnOp], ring: &[f32], sums: &mut [f32], out: &mut [Lanes]) {
+        if sums.len() != BLOCK || out.len() != BLOCK {
+            return Portable::column_block(ops, ring, sums, out);
+        }
+        // SAFETY: as for `load`; `avx2::column_block` checks the ring offsets.
+        unsafe { avx2::column_block(ops, ring, sums, out) }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Divisor, Lanes, LANES};
+    use super::{ColumnOp, Divisor, Lanes, LANES};
     use std::arch::x86_64::*;
 
     /// The largest window size `divide` multiplies by the reciprocal for; larger ones (images
@@ -276,16 +291,10 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn divide_lanes(sum: &Lanes, d: Divisor) -> Lanes {
-        let (size, recip) = (_mm256_set1_ps(d.size), _mm256_set1_ps(d.recip));
         let mut out = [0f32; LANES];
         for half in 0..LANES / 8 {
             let x = _mm256_loadu_ps(sum.as_ptr().add(half * 8));
-            let q = if d.size <= RECIPROCAL_MAX {
-                divide(x, size, recip)
-            } else {
-                _mm256_div_ps(x, size)
-            };
-            _mm256_storeu_ps(out.as_mut_ptr().add(half * 8), q);
+            _mm256_storeu_ps(out.as_mut_ptr().add(half * 8), divide_by(x, d));
         }
         out
     }
@@ -343,18 +352,18 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2; `input` holds rows `r0..r0 + LANES` of `cols` values and
-    /// `strip` at least `cols` vectors.
+    /// The CPU supports AVX2; `input` holds `LANES` rows, `stride` apart, of at least
+    /// `strip.len()` values.
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn load(input: &[f32], r0: usize, cols: usize, strip: &mut [Lanes]) {
-        let base = input.as_ptr().add(r0 * cols);
+    pub unsafe fn load(input: &[f32], stride: usize, strip: &mut [Lanes]) {
+        let (base, cols) = (input.as_ptr(), strip.len());
         let dst = strip.as_mut_ptr().cast::<f32>();
         let mut c = 0;
         while c + 8 <= cols {
             for half in 0..LANES / 8 {
                 let rows: [__m256; 8] =
-                    std::array::from_fn(|l| _mm256_loadu_ps(base.add((half * 8 + l) * cols + c)));
+                    std::array::from_fn(|l| _mm256_loadu_ps(base.add((half * 8 + l) * stride + c)));
                 for (j, v) in transpose8(rows).into_iter().enumerate() {
                     _mm256_storeu_ps(dst.add((c + j) * LANES + half * 8), v);
                 }
@@ -363,7 +372,7 @@ mod avx2 {
         }
         for j in c..cols {
             for l in 0..LANES {
-                *dst.add(j * LANES + l) = *base.add(l * cols + j);
+                *dst.add(j * LANES + l) = *base.add(l * stride + j);
             }
         }
     }
@@ -385,19 +394,11 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2; `input` holds rows `r0..r0 + LANES` of `cols <= stride` bytes
-    /// and `strip` at least `cols` vectors.
+    /// As for [`load`].
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn load_u8(
-        input: &[u8],
-        stride: usize,
-        limited: bool,
-        r0: usize,
-        cols: usize,
-        strip: &mut [Lanes],
-    ) {
-        let base = input.as_ptr().add(r0 * stride);
+    pub unsafe fn load_u8(input: &[u8], stride: usize, limited: bool, strip: &mut [Lanes]) {
+        let (base, cols) = (input.as_ptr(), strip.len());
         let dst = strip.as_mut_ptr().cast::<f32>();
         let mut c = 0;
         while c + 8 <= cols {
@@ -428,8 +429,8 @@ mod avx2 {
     /// As for [`load`], with `output` in place of `input`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn store(strip: &[Lanes], output: &mut [f32], r0: usize, cols: usize) {
-        let base = output.as_mut_ptr().add(r0 * cols);
+    pub unsafe fn store(strip: &[Lanes], output: &mut [f32], stride: usize) {
+        let (base, cols) = (output.as_mut_ptr(), strip.len());
         let src = strip.as_ptr().cast::<f32>();
         let mut c = 0;
         while c + 8 <= cols {
@@ -437,14 +438,85 @@ mod avx2 {
                 let columns: [__m256; 8] =
                     std::array::from_fn(|j| _mm256_loadu_ps(src.add((c + j) * LANES + half * 8)));
                 for (l, v) in transpose8(columns).into_iter().enumerate() {
-                    _mm256_storeu_ps(base.add((half * 8 + l) * cols + c), v);
+                    _mm256_storeu_ps(base.add((half * 8 + l) * stride + c), v);
                 }
             }
             c += 8;
         }
         for j in c..cols {
             for l in 0..LANES {
-                *base.add(l * cols + j) = *src.add(j * LANES + l);
+                *base.add(l * stride + j) = *src.add(j * LANES + l);
+            }
+        }
+    }
+
+    /// `divide` by one window size, or a true division for sizes beyond `RECIPROCAL_MAX`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn divide_by(x: __m256, d: Divisor) -> __m256 {
+        let size = _mm256_set1_ps(d.size);
+        if d.size <= RECIPROCAL_MAX {
+            divide(x, size, _mm256_set1_ps(d.recip))
+        } else {
+            _mm256_div_ps(x, size)
+        }
+    }
+
+    /// `Isa::column_block` for `super::BLOCK` columns: their sums in registers (independent
+    /// chains of additions), the block's rows transposed in registers.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `sums` and `out` hold `BLOCK` columns, `ops` emit
+    /// `LANES` rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn column_block(
+        ops: &[ColumnOp],
+        ring: &[f32],
+        sums: &mut [f32],
+        out: &mut [Lanes],
+    ) {
+        const N: usize = super::BLOCK / 8;
+        assert!(sums.len() >= 8 * N && out.len() >= 8 * N);
+        let row = |at: usize| -> [__m256; N] {
+            let row = &ring[at..at + 8 * N];
+            std::array::from_fn(|i| _mm256_loadu_ps(row.as_ptr().add(8 * i)))
+        };
+        let mut sum: [__m256; N] =
+            std::array::from_fn(|i| _mm256_loadu_ps(sums.as_ptr().add(8 * i)));
+        let mut rows = [[_mm256_setzero_ps(); N]; LANES];
+        let mut l = 0;
+        for op in ops {
+            match *op {
+                ColumnOp::Add(at) => {
+                    for (s, v) in sum.iter_mut().zip(row(at)) {
+                        *s = _mm256_add_ps(*s, v);
+                    }
+                }
+                ColumnOp::Sub(at) => {
+                    for (s, v) in sum.iter_mut().zip(row(at)) {
+                        *s = _mm256_sub_ps(*s, v);
+                    }
+                }
+                ColumnOp::Emit(d) => {
+                    for (r, &s) in rows[l].iter_mut().zip(&sum) {
+                        *r = divide_by(s, d);
+                    }
+                    l += 1;
+                }
+            }
+        }
+        for (i, s) in sum.into_iter().enumerate() {
+            _mm256_storeu_ps(sums.as_mut_ptr().add(8 * i), s);
+        }
+        let dst = out.as_mut_ptr().cast::<f32>();
+        #[allow(clippy::needless_range_loop)] // register i of every row
+        for i in 0..N {
+            for half in 0..LANES / 8 {
+                let block: [__m256; 8] = std::array::from_fn(|l| rows[half * 8 + l][i]);
+                for (j, v) in transpose8(block).into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((8 * i + j) * LANES + half * 8), v);
+                }
             }
         }
     }
@@ -508,48 +580,74 @@ fn rows_impl<T: Isa>(input: &[f32], output: &mut [f32], rows: usize, cols: usize
     let mut strip = vec![[0f32; LANES]; cols];
     let mut filtered = vec![[0f32; LANES]; cols];
     for r0 in (0..full).step_by(LANES) {
-        T::load(input, r0, cols, &mut strip);
+        T::load(&input[r0 * cols..], cols, &mut strip);
         slide_strip(
             &strip,
             window,
             #[inline(always)]
             |o, sum, d| filtered[o] = T::divide(sum, d),
         );
-        T::store(&filtered, output, r0, cols);
+        T::store(&filtered, &mut output[r0 * cols..], cols);
     }
     for r in full..rows {
         crate::box_1d(&input[r * cols..], &mut output[r * cols..], cols, 1, window);
     }
 }
 
+/// The row pass's sums at the sampled columns of a strip, and the sizes to divide them by: the
+/// division waits until the end, since dividing inside the slide lets the compiler hoist the
+/// (side-effect free) division above the test and run it at every column.
+struct Samples {
+    sums: [Lanes; DOWN],
+    divisors: [Divisor; DOWN],
+    /// The next sample.
+    k: usize,
+}
+
+impl Samples {
+    fn new() -> Self {
+        Self {
+            sums: [[0.0; LANES]; DOWN],
+            divisors: [Divisor::default(); DOWN],
+            k: 0,
+        }
+    }
+
+    /// Keeps the sums of output column `o` if it is sampled.
+    #[inline(always)]
+    fn record(&mut self, at: &[u32; DOWN], o: usize, sum: &Lanes, d: Divisor) {
+        // positions are ascending; small images sample one column several times
+        while self.k < DOWN && at[self.k] as usize == o {
+            (self.sums[self.k], self.divisors[self.k]) = (*sum, d);
+            self.k += 1;
+        }
+    }
+
+    /// The kept values, `LANES x 64`, into `output`.
+    #[inline(always)]
+    fn finish<T: Isa>(&mut self, output: &mut [f32]) {
+        for (v, &d) in self.sums.iter_mut().zip(&self.divisors) {
+            *v = T::divide(v, d);
+        }
+        for (l, out) in output.chunks_exact_mut(DOWN).enumerate() {
+            for (o, v) in out.iter_mut().zip(&self.sums) {
+                *o = v[l];
+            }
+        }
+    }
+}
+
 /// The row pass over one strip, kept only at the columns `at`, into `output` (`LANES x 64`).
 #[inline(always)]
 fn sampled_strip<T: Isa>(strip: &[Lanes], window: usize, at: &[u32; DOWN], output: &mut [f32]) {
-    // the sums and sizes at the samples, divided afterwards: dividing inside the slide lets
-    // the compiler hoist the (side-effect free) division above the test and run it everywhere
-    let mut kept = [[0f32; LANES]; DOWN];
-    let mut sizes = [Divisor::default(); DOWN];
-    let mut k = 0;
+    let mut samples = Samples::new();
     slide_strip(
         strip,
         window,
         #[inline(always)]
-        |o, sum, size| {
-            // positions are ascending; small images sample one column several times
-            while k < DOWN && at[k] as usize == o {
-                (kept[k], sizes[k]) = (*sum, size);
-                k += 1;
-            }
-        },
+        |o, sum, d| samples.record(at, o, sum, d),
     );
-    for (v, &size) in kept.iter_mut().zip(&sizes) {
-        *v = T::divide(v, size);
-    }
-    for (l, out) in output.chunks_exact_mut(DOWN).enumerate() {
-        for (o, v) in out.iter_mut().zip(&kept) {
-            *o = v[l];
-        }
-    }
+    samples.finish::<T>(output);
 }
 
 #[inline(always)]
@@ -567,14 +665,14 @@ fn rows_u8_impl<T: Isa>(
     let mut strip = vec![[0f32; LANES]; cols];
     let mut filtered = vec![[0f32; LANES]; cols];
     for r0 in (0..full).step_by(LANES) {
-        T::load_u8(input, stride, limited, r0, cols, &mut strip);
+        T::load_u8(&input[r0 * stride..], stride, limited, &mut strip);
         slide_strip(
             &strip,
             window,
             #[inline(always)]
             |o, sum, d| filtered[o] = T::divide(sum, d),
         );
-        T::store(&filtered, output, r0, cols);
+        T::store(&filtered, &mut output[r0 * cols..], cols);
     }
     let mut line = vec![0f32; cols];
     for r in full..rows {
@@ -606,7 +704,7 @@ fn rows_sampled_impl<T: Isa>(
     let full = rows / LANES * LANES;
     let mut strip = vec![[0f32; LANES]; cols];
     for r0 in (0..full).step_by(LANES) {
-        T::load(input, r0, cols, &mut strip);
+        T::load(&input[r0 * cols..], cols, &mut strip);
         sampled_strip::<T>(
             &strip,
             window,
@@ -623,84 +721,24 @@ fn rows_sampled_impl<T: Isa>(
     }
 }
 
+/// The box filter down all columns at once: one row-wide vector of running sums.
 #[inline(always)]
 fn cols_impl<T: Isa>(input: &[f32], output: &mut [f32], rows: usize, cols: usize, window: usize) {
+    let row = |r: usize| &input[r * cols..(r + 1) * cols];
     let mut sums = vec![0f32; cols];
-    ColumnSlide::new(rows, window).advance(
-        rows,
-        &mut sums,
-        #[inline(always)]
-        |r| &input[r * cols..(r + 1) * cols],
-        #[inline(always)]
-        |o, sum, d| T::divide_row(sum, d, &mut output[o * cols..(o + 1) * cols]),
-    );
-}
-
-/// The box filter down all columns at once, one row-wide vector of running sums sliding over
-/// the rows, run as far as the rows produced so far allow: the reference's four phases, cut
-/// into one step per output row (the rows added and subtracted, in the reference's order).
-struct ColumnSlide {
-    rows: usize,
-    window: usize,
-    half: usize,
-    /// The next output row.
-    next: usize,
-    size: u32,
-}
-
-impl ColumnSlide {
-    fn new(rows: usize, window: usize) -> Self {
-        Self {
-            rows,
-            window,
-            half: (window + 2) / 2,
-            next: 0,
-            size: 0,
+    let mut slide = Slide::new(rows, window);
+    while let Some(step) = slide.step(rows) {
+        for r in step.adds {
+            add_row(&mut sums, row(r));
         }
-    }
-
-    /// Emits every output row (`emit(o, sums, size)`) that needs only input rows below
-    /// `avail`; `row(r)` is input row `r`, called only for rows the window still covers.
-    /// `sums` starts zeroed and is carried from call to call.
-    #[inline(always)]
-    fn advance<'a>(
-        &mut self,
-        avail: usize,
-        sums: &mut [f32],
-        row: impl Fn(usize) -> &'a [f32],
-        mut emit: impl FnMut(usize, &[f32], Divisor),
-    ) {
-        let (rows, window, half) = (self.rows, self.window, self.half);
-        // output o is centred so that row o + half - 1 enters the window with it
-        while self.next < rows && (self.next + half - 1).min(rows - 1) < avail {
-            let o = self.next;
-            if o <= window - half {
-                // grow: the reference first adds half - 1 rows without output
-                if o == 0 {
-                    for r in 0..half - 1 {
-                        add_row(sums, row(r));
-                        self.size += 1;
-                    }
-                }
-                add_row(sums, row(o + half - 1));
-                self.size += 1;
-            } else if o + half - 1 < rows {
-                // slide: add the entering row, then subtract the leaving one
-                let (enter, leave) = (row(o + half - 1), row(o + half - 1 - window));
-                for ((s, &a), &b) in sums.iter_mut().zip(enter).zip(leave) {
-                    *s += a;
-                    *s -= b;
-                }
-            } else {
-                // shrink
-                for (s, &v) in sums.iter_mut().zip(row(o + half - 1 - window)) {
-                    *s -= v;
-                }
-                self.size -= 1;
-            }
-            emit(o, sums, Divisor::new(self.size));
-            self.next += 1;
+        if let Some(r) = step.sub {
+            sub_row(&mut sums, row(r));
         }
+        T::divide_row(
+            &sums,
+            step.d,
+            &mut output[step.o * cols..(step.o + 1) * cols],
+        );
     }
 }
 
@@ -709,6 +747,107 @@ fn add_row(sums: &mut [f32], v: &[f32]) {
     for (s, &v) in sums.iter_mut().zip(v) {
         *s += v;
     }
+}
+
+#[inline(always)]
+fn sub_row(sums: &mut [f32], v: &[f32]) {
+    for (s, &v) in sums.iter_mut().zip(v) {
+        *s -= v;
+    }
+}
+
+/// One output of the running-sum filter along a line: add entries `adds` to the sum, in
+/// order, then subtract entry `sub`; output `o` is the sum divided by `d`.
+struct Step {
+    o: usize,
+    adds: std::ops::Range<usize>,
+    sub: Option<usize>,
+    d: Divisor,
+}
+
+/// The reference's four phases (grow the window, slide it, shrink it) cut into one [`Step`]
+/// per output, so that a filter can run as far as the entries produced so far allow.
+struct Slide {
+    len: usize,
+    window: usize,
+    half: usize,
+    /// The next output.
+    next: usize,
+    size: u32,
+    d: Divisor,
+}
+
+impl Slide {
+    fn new(len: usize, window: usize) -> Self {
+        Self {
+            len,
+            window,
+            half: (window + 2) / 2,
+            next: 0,
+            size: 0,
+            d: Divisor::default(),
+        }
+    }
+
+    /// Runs `run(o, enter, leave, d)` for the outputs from the next one on that are in the
+    /// slide phase and read no entry at or beyond `avail`: each adds entry `enter`, subtracts
+    /// entry `leave` and divides by `d`. The same steps as [`Slide::step`] gives, in a tight
+    /// loop.
+    #[inline(always)]
+    fn slide(&mut self, avail: usize, mut run: impl FnMut(usize, usize, usize, Divisor)) {
+        let (half, window) = (self.half, self.window);
+        if self.next <= window - half {
+            return;
+        }
+        // outputs up to len - half are in the slide phase; output o reads o + half - 1
+        let end = (self.len + 1 - half).min((avail + 1).saturating_sub(half));
+        for o in self.next..end {
+            run(o, o + half - 1, o + half - 1 - window, self.d);
+        }
+        self.next = self.next.max(end);
+    }
+
+    /// The next output's step, if it reads no entry at or beyond `avail`.
+    #[inline(always)]
+    fn step(&mut self, avail: usize) -> Option<Step> {
+        let (o, half, window) = (self.next, self.half, self.window);
+        // entry o + half - 1 enters the window with output o
+        let enter = o + half - 1;
+        if o >= self.len || enter.min(self.len - 1) >= avail {
+            return None;
+        }
+        self.next += 1;
+        let (adds, sub) = if o <= window - half {
+            // grow; the reference adds the first half - 1 entries before the first output
+            let first = if o == 0 { 0 } else { enter };
+            self.size += (enter + 1 - first) as u32;
+            self.d = Divisor::new(self.size);
+            (first..enter + 1, None)
+        } else if enter < self.len {
+            (enter..enter + 1, Some(enter - window))
+        } else {
+            self.size -= 1;
+            self.d = Divisor::new(self.size);
+            (0..0, Some(enter - window))
+        };
+        Some(Step {
+            o,
+            adds,
+            sub,
+            d: self.d,
+        })
+    }
+}
+
+/// One operation of the column pass on a block of columns (see [`Isa::column_block`]).
+#[derive(Clone, Copy, Debug)]
+enum ColumnOp {
+    /// Add the ring row at this offset.
+    Add(usize),
+    /// Subtract the ring row at this offset.
+    Sub(usize),
+    /// The next output row: the sums divided.
+    Emit(Divisor),
 }
 
 /// Where the pixels of [`blur`] come from.
@@ -725,41 +864,51 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// Rows `r0..r0 + LANES` as luma, into `strip`; `luma` is scratch.
+    /// Prepares rows `r0..r0 + LANES` for `load_block`: RGB pixels' luma into `luma`.
     #[inline(always)]
-    fn load<T: Isa>(&self, r0: usize, cols: usize, strip: &mut [Lanes], luma: &mut Vec<f32>) {
+    fn prepare<T>(&self, r0: usize, cols: usize, luma: &mut Vec<f32>) {
+        if let Source::Rgb(rgb) = *self {
+            luma.resize(LANES * cols, 0.0);
+            luma_rgb_impl::<T>(&rgb[r0 * cols * 3..(r0 + LANES) * cols * 3], luma);
+        }
+    }
+
+    /// Luma of rows `r0..r0 + LANES`, columns `c0..c0 + block.len()`, into `block`; the
+    /// image is `cols` wide, and `luma` is what `prepare` left.
+    #[inline(always)]
+    fn load_block<T: Isa>(
+        &self,
+        r0: usize,
+        c0: usize,
+        cols: usize,
+        luma: &[f32],
+        block: &mut [Lanes],
+    ) {
         match *self {
             Source::Luma8 {
                 data,
                 stride,
                 limited,
-            } => T::load_u8(data, stride, limited, r0, cols, strip),
-            Source::Rgb(rgb) => {
-                luma.resize(LANES * cols, 0.0);
-                luma_rgb_impl::<T>(&rgb[r0 * cols * 3..(r0 + LANES) * cols * 3], luma);
-                T::load(luma, 0, cols, strip);
-            }
+            } => T::load_u8(&data[r0 * stride + c0..], stride, limited, block),
+            Source::Rgb(_) => T::load(&luma[c0..], cols, block),
         }
     }
 
     /// Row `r` as luma, into `line` (`cols` values).
     #[inline(always)]
     fn row<T>(&self, r: usize, line: &mut [f32]) {
+        let cols = line.len();
         match *self {
             Source::Luma8 {
                 data,
                 stride,
                 limited,
             } => {
-                let cols = line.len();
                 for (d, &v) in line.iter_mut().zip(&data[r * stride..r * stride + cols]) {
                     *d = luma8(v, limited);
                 }
             }
-            Source::Rgb(rgb) => {
-                let cols = line.len();
-                luma_rgb_impl::<T>(&rgb[r * cols * 3..(r + 1) * cols * 3], line);
-            }
+            Source::Rgb(rgb) => luma_rgb_impl::<T>(&rgb[r * cols * 3..(r + 1) * cols * 3], line),
         }
     }
 }
@@ -767,25 +916,35 @@ impl Source<'_> {
 /// Working memory of [`blur`], kept from frame to frame.
 #[derive(Default)]
 pub struct Scratch {
-    strip: Vec<Lanes>,
-    filtered: Vec<Lanes>,
+    /// The last columns of a strip, as many as a row pass still reads.
+    columns: Vec<Lanes>,
     /// The last rows of the first pass, as many as the column pass still reads.
     ring: Vec<f32>,
+    /// The column pass's running sums.
     sums: Vec<f32>,
-    /// One strip of `LANES` rows of the column pass.
-    pass2: Vec<f32>,
+    /// The column pass's operations for the output rows not yet computed.
+    ops: Vec<ColumnOp>,
+    /// Luma of the strip of RGB pixels being filtered.
     luma: Vec<f32>,
     line: Vec<f32>,
+    filtered: Vec<f32>,
 }
 
 /// The first three passes as one sweep down the image, so that no full-size intermediate image
-/// is ever written: every `LANES` rows filtered along rows go into a ring of rows that the
-/// column pass then slides over as far as it can, and every `LANES` rows the column pass
-/// completes are filtered along rows again, kept at the sampled columns only. Only the order in
-/// which lines are processed changes: each line still goes through the reference's operations
-/// in the reference's order, so the values are those of the three separate passes, bit for
-/// bit, and the leftover `rows % LANES` rows go line by line through [`crate::box_1d`] as they
-/// do there.
+/// is ever written, and no strip-wide one either:
+///
+/// * the first row pass loads `LANES` rows 8 columns at a time into a small ring of columns,
+///   slides along them and transposes its output back 8 columns at a time, into a ring of
+///   rows;
+/// * the column pass is planned as a list of operations (rows to add and subtract, outputs)
+///   as far as the rows done allow; every `LANES` output rows it runs block by block of 8
+///   columns, the sums in a register, the block transposed in registers into a ring of
+///   columns that the second row pass slides along, keeping the sampled columns.
+///
+/// Only the order in which lines are processed changes: each line still goes through the
+/// reference's operations in the reference's order, so the values are those of the three
+/// separate passes, bit for bit, and the leftover `rows % LANES` rows of each pass go line by
+/// line through [`crate::box_1d`] as they do there.
 #[inline(always)]
 fn blur_impl<T: Isa>(
     src: Source<'_>,
@@ -797,83 +956,179 @@ fn blur_impl<T: Isa>(
     scratch: &mut Scratch,
 ) {
     let Scratch {
-        strip,
-        filtered,
+        columns,
         ring,
         sums,
-        pass2,
+        ops,
         luma,
         line,
+        filtered,
     } = scratch;
-    strip.resize(cols, [0.0; LANES]);
-    filtered.resize(cols, [0.0; LANES]);
-    // Before rows r..r + LANES are written the column pass has emitted every output that
-    // needs no later row, and reads nothing below r - win_cols again: win_cols + LANES rows in
-    // the ring suffice. A multiple of LANES keeps each strip's rows contiguous.
-    let cap = (win_cols + LANES).next_multiple_of(LANES);
+    assert!(kept.len() >= rows * DOWN);
+    // When columns c..c + BLOCK are loaded, a row pass still reads columns from c - win_rows
+    // on; a power of two makes the ring index a mask, and keeps every block contiguous.
+    columns.resize((win_rows + BLOCK).next_power_of_two(), [0.0; LANES]);
+    // When rows r..r + LANES are written, the column pass has planned every output that needs
+    // no later row; fewer than LANES of those wait to run, and they read nothing below
+    // r - win_cols - (LANES - 1): win_cols + 2 * LANES rows suffice. A multiple of LANES keeps
+    // each strip's rows contiguous.
+    let cap = (win_cols + 2 * LANES).next_multiple_of(LANES);
     ring.resize(cap * cols, 0.0);
     sums.clear();
     sums.resize(cols, 0.0);
-    pass2.resize(LANES * cols, 0.0);
+    ops.clear();
     line.resize(cols, 0.0);
-    assert!(kept.len() >= rows * DOWN);
-    let mut column = ColumnSlide::new(rows, win_cols);
+    filtered.resize(cols, 0.0);
     let full = rows / LANES * LANES;
-    // the column pass's output row o into the strip, the strip filtered along rows once full
-    let mut advance = |avail: usize, ring: &[f32], strip: &mut [Lanes]| {
-        column.advance(
-            avail,
-            sums,
-            #[inline(always)]
-            |r| &ring[r % cap * cols..][..cols],
-            #[inline(always)]
-            |o, sum, d| {
-                let slot = o % LANES;
-                T::divide_row(sum, d, &mut pass2[slot * cols..(slot + 1) * cols]);
-                if slot == LANES - 1 {
-                    T::load(pass2, 0, cols, strip);
-                    let r0 = o + 1 - LANES;
-                    sampled_strip::<T>(
-                        strip,
-                        win_rows,
-                        at,
-                        &mut kept[r0 * DOWN..(r0 + LANES) * DOWN],
-                    );
-                }
-            },
-        );
-    };
-    for r0 in (0..full).step_by(LANES) {
-        src.load::<T>(r0, cols, strip, luma);
-        slide_strip(
-            strip,
-            win_rows,
-            #[inline(always)]
-            |o, sum, d| filtered[o] = T::divide(sum, d),
-        );
-        T::store(filtered, ring, r0 % cap, cols);
-        advance(r0 + LANES, ring, strip);
-    }
-    for r in full..rows {
-        src.row::<T>(r, line);
-        let slot = r % cap;
-        crate::box_1d(
-            line,
-            &mut ring[slot * cols..(slot + 1) * cols],
-            cols,
-            1,
-            win_rows,
-        );
-    }
-    advance(rows, ring, strip);
-    // the column pass's last rows % LANES rows are still in the strip buffer
-    for r in full..rows {
-        let slot = r % LANES;
-        crate::box_1d(&pass2[slot * cols..], line, cols, 1, win_rows);
-        for (o, &c) in kept[r * DOWN..(r + 1) * DOWN].iter_mut().zip(at) {
-            *o = line[c as usize];
+    let mut column = Slide::new(rows, win_cols);
+    let (mut done, mut waiting) = (0, 0);
+    while done < rows {
+        if done < full {
+            src.prepare::<T>(done, cols, luma);
+            row_pass_strip::<T>(
+                &src,
+                luma,
+                done,
+                cols,
+                win_rows,
+                columns,
+                &mut ring[done % cap * cols..],
+            );
+            done += LANES;
+        } else {
+            src.row::<T>(done, line);
+            let slot = done % cap * cols;
+            crate::box_1d(line, &mut ring[slot..slot + cols], cols, 1, win_rows);
+            done += 1;
+        }
+        while let Some(step) = column.step(done) {
+            ops.extend(step.adds.map(|r| ColumnOp::Add(r % cap * cols)));
+            ops.extend(step.sub.map(|r| ColumnOp::Sub(r % cap * cols)));
+            ops.push(ColumnOp::Emit(step.d));
+            waiting += 1;
+            if waiting == LANES {
+                let o0 = step.o + 1 - LANES;
+                column_row_pass_strip::<T>(
+                    ops,
+                    ring,
+                    sums,
+                    win_rows,
+                    at,
+                    columns,
+                    &mut kept[o0 * DOWN..(o0 + LANES) * DOWN],
+                );
+                ops.clear();
+                waiting = 0;
+            }
         }
     }
+    // the last rows % LANES rows of the column pass, then the row pass line by line
+    let mut o = full;
+    for op in ops.iter() {
+        match *op {
+            ColumnOp::Add(r) => add_row(sums, &ring[r..r + cols]),
+            ColumnOp::Sub(r) => sub_row(sums, &ring[r..r + cols]),
+            ColumnOp::Emit(d) => {
+                T::divide_row(sums, d, line);
+                crate::box_1d(line, filtered, cols, 1, win_rows);
+                for (k, &c) in kept[o * DOWN..(o + 1) * DOWN].iter_mut().zip(at) {
+                    *k = filtered[c as usize];
+                }
+                o += 1;
+            }
+        }
+    }
+}
+
+/// The first row pass over `LANES` rows from `r0`, into `out` (`LANES` rows, `cols` apart).
+#[inline(always)]
+fn row_pass_strip<T: Isa>(
+    src: &Source<'_>,
+    luma: &[f32],
+    r0: usize,
+    cols: usize,
+    window: usize,
+    columns: &mut [Lanes],
+    out: &mut [f32],
+) {
+    let mask = columns.len() - 1;
+    let mut slide = Slide::new(cols, window);
+    let mut sum = [0f32; LANES];
+    let mut filtered = [[0f32; LANES]; 8];
+    for c0 in (0..cols).step_by(8) {
+        let n = (cols - c0).min(8);
+        src.load_block::<T>(r0, c0, cols, luma, &mut columns[c0 & mask..][..n]);
+        let mut emit = |o: usize, sum: &Lanes, d: Divisor| {
+            let j = o % 8;
+            filtered[j] = T::divide(sum, d);
+            if j == 7 || o + 1 == cols {
+                T::store(&filtered[..=j], &mut out[o - j..], cols);
+            }
+        };
+        loop {
+            slide.slide(c0 + n, |o, enter, leave, d| {
+                add(&mut sum, &columns[enter & mask]);
+                sub(&mut sum, &columns[leave & mask]);
+                emit(o, &sum, d);
+            });
+            let Some(step) = slide.step(c0 + n) else {
+                break;
+            };
+            for c in step.adds {
+                add(&mut sum, &columns[c & mask]);
+            }
+            if let Some(c) = step.sub {
+                sub(&mut sum, &columns[c & mask]);
+            }
+            emit(step.o, &sum, step.d);
+        }
+    }
+}
+
+/// The column pass's next `LANES` output rows (`ops`, on the first pass's rows in `ring`),
+/// `BLOCK` columns at a time, each block followed by the second row pass; its values at the
+/// sampled columns `at` into `kept` (`LANES x 64`).
+#[inline(always)]
+fn column_row_pass_strip<T: Isa>(
+    ops: &[ColumnOp],
+    ring: &[f32],
+    sums: &mut [f32],
+    window: usize,
+    at: &[u32; DOWN],
+    columns: &mut [Lanes],
+    kept: &mut [f32],
+) {
+    let (cols, mask) = (sums.len(), columns.len() - 1);
+    let mut slide = Slide::new(cols, window);
+    let mut sum = [0f32; LANES];
+    let mut samples = Samples::new();
+    for c0 in (0..cols).step_by(BLOCK) {
+        let n = (cols - c0).min(BLOCK);
+        T::column_block(
+            ops,
+            &ring[c0..],
+            &mut sums[c0..c0 + n],
+            &mut columns[c0 & mask..][..n],
+        );
+        loop {
+            slide.slide(c0 + n, |o, enter, leave, d| {
+                add(&mut sum, &columns[enter & mask]);
+                sub(&mut sum, &columns[leave & mask]);
+                samples.record(at, o, &sum, d);
+            });
+            let Some(step) = slide.step(c0 + n) else {
+                break;
+            };
+            for c in step.adds {
+                add(&mut sum, &columns[c & mask]);
+            }
+            if let Some(c) = step.sub {
+                sub(&mut sum, &columns[c & mask]);
+            }
+            samples.record(at, step.o, &sum, step.d);
+        }
+    }
+    samples.finish::<T>(kept);
 }
 
 #[cfg(test)]
