@@ -678,36 +678,22 @@ fn build_pipelines(
     wgpu::ComputePipeline,
     wgpu::ComputePipeline,
 ) {
-    use wgpu::{BindingType, BufferBindingType, ShaderStages};
+    use wgpu::BufferBindingType;
     let read = BufferBindingType::Storage { read_only: true };
     let write = BufferBindingType::Storage { read_only: false };
-    let types = [
-        BufferBindingType::Uniform,
-        read,
-        read,
-        read,
-        read,
-        write,
-        write,
-    ];
-    let entries: Vec<_> = types
-        .iter()
-        .enumerate()
-        .map(|(i, &ty)| wgpu::BindGroupLayoutEntry {
-            binding: i as u32,
-            visibility: ShaderStages::COMPUTE,
-            ty: BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        })
-        .collect();
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("classify preprocess"),
-        entries: &entries,
-    });
+    let layout = crate::hash::gpu::buffer_layout(
+        device,
+        "classify preprocess",
+        &[
+            BufferBindingType::Uniform,
+            read,
+            read,
+            read,
+            read,
+            write,
+            write,
+        ],
+    );
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("classify_preprocess.wgsl"),
         source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(PREPROCESS_WGSL)),

@@ -1347,34 +1347,41 @@ fn kernel_source(kernel: &str) -> String {
     format!("{COMMON_WGSL}\n{kernel}")
 }
 
+/// A bind group layout of buffers for compute kernels, bound at 0, 1, ... in the order of
+/// `types`. The PDQ, pre-processing and bank-scan kernels all bind plain buffers this way.
+pub(crate) fn buffer_layout(
+    device: &wgpu::Device,
+    label: &str,
+    types: &[wgpu::BufferBindingType],
+) -> wgpu::BindGroupLayout {
+    let entries: Vec<_> = types
+        .iter()
+        .enumerate()
+        .map(|(i, &ty)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &entries,
+    })
+}
+
 /// The kernels' pipelines; `division` sets the box and DCT kernels' division overrides
 /// (`DIV_NUDGE`, `DIV_WALK`: tests only).
 fn build_pipelines(device: &wgpu::Device, division: &[(&str, f64)]) -> Pipelines {
-    use wgpu::{BindingType, BufferBindingType, ShaderStages};
-    let entry = |binding: u32, ty: BufferBindingType| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: ShaderStages::COMPUTE,
-        ty: BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
+    use wgpu::BufferBindingType;
     let read = BufferBindingType::Storage { read_only: true };
     let write = BufferBindingType::Storage { read_only: false };
     let uniform = BufferBindingType::Uniform;
-    let layout = |label: &str, types: &[BufferBindingType]| {
-        let entries: Vec<_> = types
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| entry(i as u32, t))
-            .collect();
-        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(label),
-            entries: &entries,
-        })
-    };
+    let layout = |label: &str, types: &[BufferBindingType]| buffer_layout(device, label, types);
     let luma_layout = layout("pdq luma", &[read, uniform, read, write]);
     let box_layout = layout("pdq box", &[read, read, write]);
     let dct_layout = layout("pdq dct", &[read, uniform, read, write]);

@@ -18,7 +18,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use anyhow::{bail, Context};
 
 use crate::config::{AdapterSelector, HashBackend, MatchConfig};
-use crate::hash::gpu::{enumerate, error_scoped, grow, new_instance, pick_adapter, AdapterChoice};
+use crate::hash::gpu::{
+    buffer_layout, enumerate, error_scoped, grow, new_instance, pick_adapter, AdapterChoice,
+};
 use crate::hash::BackendInfo;
 
 const SCAN_WGSL: &str = include_str!("../../shaders/hamming_scan.wgsl");
@@ -484,26 +486,18 @@ fn grid(n: u32, max_groups: u32) -> (u32, u32) {
 }
 
 fn build_pipeline(device: &wgpu::Device) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
-    use wgpu::{BindingType, BufferBindingType, ShaderStages};
-    let entry = |binding: u32, ty: BufferBindingType| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: ShaderStages::COMPUTE,
-        ty: BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("hamming scan"),
-        entries: &[
-            entry(0, BufferBindingType::Storage { read_only: true }),
-            entry(1, BufferBindingType::Storage { read_only: true }),
-            entry(2, BufferBindingType::Uniform),
-            entry(3, BufferBindingType::Storage { read_only: false }),
+    use wgpu::BufferBindingType;
+    let read = BufferBindingType::Storage { read_only: true };
+    let layout = buffer_layout(
+        device,
+        "hamming scan",
+        &[
+            read,
+            read,
+            BufferBindingType::Uniform,
+            BufferBindingType::Storage { read_only: false },
         ],
-    });
+    );
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("hamming_scan.wgsl"),
         source: wgpu::ShaderSource::Wgsl(SCAN_WGSL.into()),
