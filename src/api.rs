@@ -229,7 +229,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/v1/status", tag = "operations", security(("bearer" = [])),
-    responses((status = 200, description = "version, hash backend and GPU adapter, ONNX providers, queue depths, capacity, banks", body = serde_json::Value), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "version, hash and bank-matching backends with their GPU adapters, ONNX providers, queue depths, capacity, banks", body = serde_json::Value), (status = 401, description = "missing or invalid bearer token", body = ErrorBody)))]
 async fn status(State(s): State<ApiState>) -> impl IntoResponse {
     let webhooks: Vec<_> = s
         .alerts
