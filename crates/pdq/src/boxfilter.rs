@@ -742,6 +742,37 @@ fn cols_impl<T: Isa>(input: &[f32], output: &mut [f32], rows: usize, cols: usize
     }
 }
 
+/// The box filter down the 64 columns of `input` (`rows x 64`), kept only at the rows `at`:
+/// the running sums cover every row, the division happens at the sampled rows only.
+pub fn cols_sampled(
+    input: &[f32],
+    rows: usize,
+    window: usize,
+    at: &[u32; DOWN],
+) -> [[f32; DOWN]; DOWN] {
+    let row = |r: usize| &input[r * DOWN..(r + 1) * DOWN];
+    let mut sums = [0f32; DOWN];
+    let mut out = [[0f32; DOWN]; DOWN];
+    let mut k = 0;
+    let mut slide = Slide::new(rows, window);
+    while let Some(step) = slide.step(rows) {
+        for r in step.adds {
+            add_row(&mut sums, row(r));
+        }
+        if let Some(r) = step.sub {
+            sub_row(&mut sums, row(r));
+        }
+        // positions are ascending; small images sample one row several times
+        while k < DOWN && at[k] as usize == step.o {
+            for (o, &s) in out[k].iter_mut().zip(&sums) {
+                *o = s / step.d.size;
+            }
+            k += 1;
+        }
+    }
+    out
+}
+
 #[inline(always)]
 fn add_row(sums: &mut [f32], v: &[f32]) {
     for (s, &v) in sums.iter_mut().zip(v) {
@@ -1333,6 +1364,26 @@ mod tests {
         let at = sample_positions(cols);
         super::rows_sampled(&pass2, &mut kept, rows, cols, win_rows, &at);
         kept
+    }
+
+    #[test]
+    fn sampled_columns_equal_the_full_pass_at_the_samples() {
+        for rows in [5, 16, 17, 64, 100, 333, 1080] {
+            let input = picture(rows, DOWN, rows as u32);
+            let at = sample_positions(rows);
+            for window in [1, 2, 3, crate::jarosz_window(rows, DOWN), rows.min(40)] {
+                let mut full = vec![0f32; rows * DOWN];
+                super::cols(&input, &mut full, rows, DOWN, window);
+                let kept = super::cols_sampled(&input, rows, window, &at);
+                for (k, &r) in at.iter().enumerate() {
+                    assert_eq!(
+                        bits(&kept[k]),
+                        bits(&full[r as usize * DOWN..(r as usize + 1) * DOWN]),
+                        "{rows} rows window {window} sample {k}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -377,13 +377,7 @@ pub fn box_cols_sampled(
     window: usize,
     at: &[u32; DOWN],
 ) -> [[f32; DOWN]; DOWN] {
-    let mut column = vec![0f32; rows * DOWN];
-    box_cols(input, &mut column, rows, DOWN, window);
-    let mut out = [[0f32; DOWN]; DOWN];
-    for (o, &r) in out.iter_mut().zip(at) {
-        o.copy_from_slice(&column[r as usize * DOWN..(r as usize + 1) * DOWN]);
-    }
-    out
+    crate::boxfilter::cols_sampled(input, rows, window, at)
 }
 
 /// One running-sum box filter along a strided vector, with the reference's four phases (grow
