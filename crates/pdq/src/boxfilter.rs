@@ -1095,21 +1095,31 @@ impl Source<'_> {
         }
     }
 
-    /// Row `r` as luma, into `line` (`cols` values).
-    #[inline(always)]
-    fn row<T>(&self, r: usize, line: &mut [f32]) {
-        let cols = line.len();
+    /// Rows `r0..r0 + n` (`n < LANES`) followed by zeros up to `LANES` rows, copied into
+    /// `pad`, as a source whose row 0 is row `r0`.
+    fn padded<'p>(&self, r0: usize, n: usize, cols: usize, pad: &'p mut Vec<u8>) -> Source<'p> {
+        pad.clear();
         match *self {
             Source::Luma8 {
                 data,
                 stride,
                 limited,
             } => {
-                for (d, &v) in line.iter_mut().zip(&data[r * stride..r * stride + cols]) {
-                    *d = luma8(v, limited);
+                for r in r0..r0 + n {
+                    pad.extend_from_slice(&data[r * stride..r * stride + cols]);
+                }
+                pad.resize(LANES * cols, 0);
+                Source::Luma8 {
+                    data: pad,
+                    stride: cols,
+                    limited,
                 }
             }
-            Source::Rgb(rgb) => luma_rgb_impl::<T>(&rgb[r * cols * 3..(r + 1) * cols * 3], line),
+            Source::Rgb(rgb) => {
+                pad.extend_from_slice(&rgb[r0 * cols * 3..(r0 + n) * cols * 3]);
+                pad.resize(LANES * cols * 3, 0);
+                Source::Rgb(pad)
+            }
         }
     }
 }
@@ -1129,8 +1139,8 @@ pub struct Scratch {
     luma: Vec<f32>,
     /// The second row pass's sums at the sampled columns.
     samples: Box<Samples>,
-    line: Vec<f32>,
-    filtered: Vec<f32>,
+    /// The last `rows % LANES` rows of pixels, padded with zeros to `LANES` rows.
+    pad: Vec<u8>,
 }
 
 /// The first three passes as one sweep down the image, so that no full-size intermediate image
@@ -1146,8 +1156,9 @@ pub struct Scratch {
 ///
 /// Only the order in which lines are processed changes: each line still goes through the
 /// reference's operations in the reference's order, so the values are those of the three
-/// separate passes, bit for bit, and the leftover `rows % LANES` rows of each pass go line by
-/// line through [`crate::box_1d`] as they do there.
+/// separate passes, bit for bit. The last `rows % LANES` rows go through the same vector
+/// path, padded to `LANES` rows: each lane's values depend on its own line only, so the
+/// padding changes nothing in the others (about 1% faster at 1080p than line by line).
 #[inline(always)]
 fn blur_impl<T: Isa>(
     src: Source<'_>,
@@ -1165,8 +1176,7 @@ fn blur_impl<T: Isa>(
         ops,
         luma,
         samples,
-        line,
-        filtered,
+        pad,
     } = scratch;
     assert!(kept.len() >= rows * DOWN);
     // When columns c..c + BLOCK are loaded, a row pass still reads columns from c - win_rows
@@ -1181,66 +1191,53 @@ fn blur_impl<T: Isa>(
     sums.clear();
     sums.resize(cols, 0.0);
     ops.clear();
-    line.resize(cols, 0.0);
-    filtered.resize(cols, 0.0);
-    let full = rows / LANES * LANES;
     let mut column = Slide::new(rows, win_cols);
     let (mut done, mut waiting) = (0, 0);
+    let mut last = [0f32; LANES * DOWN];
     while done < rows {
-        if done < full {
-            src.prepare::<T>(done, cols, luma);
-            row_pass_strip::<T>(
-                &src,
-                luma,
-                done,
-                cols,
-                win_rows,
-                columns,
-                &mut ring[done % cap * cols..],
-            );
-            done += LANES;
+        // the last rows % LANES rows go through the same path, padded with zeros to LANES
+        // rows: lanes are independent, and the padding's output rows of the first pass land
+        // in ring slots no output reads (the ring holds LANES rows beyond what is read)
+        let (strip, r0) = if done + LANES <= rows {
+            (src, done)
         } else {
-            src.row::<T>(done, line);
-            let slot = done % cap * cols;
-            crate::box_1d(line, &mut ring[slot..slot + cols], cols, 1, win_rows);
-            done += 1;
-        }
+            (src.padded(done, rows - done, cols, pad), 0)
+        };
+        strip.prepare::<T>(r0, cols, luma);
+        row_pass_strip::<T>(
+            &strip,
+            luma,
+            r0,
+            cols,
+            win_rows,
+            columns,
+            &mut ring[done % cap * cols..],
+        );
+        done = (done + LANES).min(rows);
         while let Some(step) = column.step(done) {
             ops.extend(step.adds.map(|r| ColumnOp::Add(r % cap * cols)));
             ops.extend(step.sub.map(|r| ColumnOp::Sub(r % cap * cols)));
             ops.push(ColumnOp::Emit(step.d));
             waiting += 1;
-            if waiting == LANES {
-                let o0 = step.o + 1 - LANES;
-                column_row_pass_strip::<T>(
-                    ops,
-                    ring,
-                    sums,
-                    win_rows,
-                    at,
-                    columns,
-                    samples,
-                    &mut kept[o0 * DOWN..(o0 + LANES) * DOWN],
-                );
-                ops.clear();
-                waiting = 0;
+            if waiting < LANES && step.o + 1 < rows {
+                continue;
             }
-        }
-    }
-    // the last rows % LANES rows of the column pass, then the row pass line by line
-    let mut o = full;
-    for op in ops.iter() {
-        match *op {
-            ColumnOp::Add(r) => add_row(sums, &ring[r..r + cols]),
-            ColumnOp::Sub(r) => sub_row(sums, &ring[r..r + cols]),
-            ColumnOp::Emit(d) => {
-                T::divide_row(sums, d, line);
-                crate::box_1d(line, filtered, cols, 1, win_rows);
-                for (k, &c) in kept[o * DOWN..(o + 1) * DOWN].iter_mut().zip(at) {
-                    *k = filtered[c as usize];
-                }
-                o += 1;
+            // LANES output rows, or the last rows % LANES ones padded with repeats of the
+            // last (one call site: the strip is inlined, and a second copy costs speed)
+            let o0 = step.o + 1 - waiting;
+            ops.extend((waiting..LANES).map(|_| ColumnOp::Emit(step.d)));
+            let padded = waiting < LANES;
+            let dst = if padded {
+                &mut last[..]
+            } else {
+                &mut kept[o0 * DOWN..(o0 + LANES) * DOWN]
+            };
+            column_row_pass_strip::<T>(ops, ring, sums, win_rows, at, columns, samples, dst);
+            if padded {
+                kept[o0 * DOWN..rows * DOWN].copy_from_slice(&last[..waiting * DOWN]);
             }
+            ops.clear();
+            waiting = 0;
         }
     }
 }
