@@ -994,18 +994,21 @@ impl Slide {
         self.next = self.next.max(end);
     }
 
-    /// The next eight outputs, if they are all in the slide phase and read no entry at or
-    /// beyond `avail`: the first output, the entries entering and leaving with it, and the
-    /// divisor. The same steps as eight calls of [`Slide::step`].
+    /// The next `8 * n` outputs, for the largest `n > 0` such that they are all in the slide
+    /// phase and read no entry at or beyond `avail`: the first output, the entries entering
+    /// and leaving with it (output `o + k` adds `enter + k` and subtracts `leave + k`), the
+    /// divisor, and `n`. The same steps as `8 * n` calls of [`Slide::step`]; handing out
+    /// every available run of 8 at once keeps this test out of the unrolled loops.
     #[inline(always)]
-    fn chunk8(&mut self, avail: usize) -> Option<(usize, usize, usize, Divisor)> {
+    fn chunks8(&mut self, avail: usize) -> Option<(usize, usize, usize, Divisor, usize)> {
         let (o, half, window) = (self.next, self.half, self.window);
         let end = (self.len + 1 - half).min((avail + 1).saturating_sub(half));
         if o <= window - half || o + 8 > end {
             return None;
         }
-        self.next += 8;
-        Some((o, o + half - 1, o + half - 1 - window, self.d))
+        let n = (end - o) / 8;
+        self.next += 8 * n;
+        Some((o, o + half - 1, o + half - 1 - window, self.d, n))
     }
 
     /// The next output's step, if it reads no entry at or beyond `avail`.
@@ -1264,17 +1267,19 @@ fn row_pass_strip<T: Isa>(
         let n = (cols - c0).min(BLOCK);
         src.load_block::<T>(r0, c0, cols, luma, &mut columns[c0 & mask..][..n]);
         loop {
-            if let Some((o, enter, leave, d)) = slide.chunk8(c0 + n) {
+            if let Some((o, enter, leave, d, chunks)) = slide.chunks8(c0 + n) {
                 pending.flush::<T>(out, cols);
-                T::slide8(
-                    columns,
-                    mask,
-                    (enter, leave),
-                    &mut sum,
-                    d,
-                    &mut out[o..],
-                    cols,
-                );
+                for k in (0..8 * chunks).step_by(8) {
+                    T::slide8(
+                        columns,
+                        mask,
+                        (enter + k, leave + k),
+                        &mut sum,
+                        d,
+                        &mut out[o + k..],
+                        cols,
+                    );
+                }
                 continue;
             }
             slide.slide(c0 + n, |o, enter, leave, d| {
@@ -1369,17 +1374,20 @@ fn column_row_pass_strip<T: Isa>(
         loop {
             // most runs of 8 outputs hold no sampled column: slide through them unrolled,
             // with no test per column
-            if let Some((o, enter, leave, d)) = slide.chunk8(c0 + n) {
-                if samples.next(at) >= o + 8 {
-                    for k in 0..8 {
-                        add(&mut sum, &columns[(enter + k) & mask]);
-                        sub(&mut sum, &columns[(leave + k) & mask]);
-                    }
-                } else {
-                    for k in 0..8 {
-                        add(&mut sum, &columns[(enter + k) & mask]);
-                        sub(&mut sum, &columns[(leave + k) & mask]);
-                        samples.record(at, o + k, &sum, d);
+            if let Some((o, enter, leave, d, chunks)) = slide.chunks8(c0 + n) {
+                for i in (0..8 * chunks).step_by(8) {
+                    let (o, enter, leave) = (o + i, enter + i, leave + i);
+                    if samples.next(at) >= o + 8 {
+                        for k in 0..8 {
+                            add(&mut sum, &columns[(enter + k) & mask]);
+                            sub(&mut sum, &columns[(leave + k) & mask]);
+                        }
+                    } else {
+                        for k in 0..8 {
+                            add(&mut sum, &columns[(enter + k) & mask]);
+                            sub(&mut sum, &columns[(leave + k) & mask]);
+                            samples.record(at, o + k, &sum, d);
+                        }
                     }
                 }
                 continue;
