@@ -491,7 +491,7 @@ fn main() {
                     ""
                 },
                 g.upload_s,
-                r.n * 32 >> 20,
+                (r.n * 32) >> 20,
                 g.qps,
                 g.queries,
                 if g.equal { "yes" } else { "NO" },

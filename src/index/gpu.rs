@@ -210,7 +210,7 @@ impl GpuScanner {
             bail!(
                 "copy {} hashes ({} MB) onto {}: {e}",
                 hashes.len(),
-                hashes.len() as u64 * HASH_BYTES >> 20,
+                (hashes.len() as u64 * HASH_BYTES) >> 20,
                 self.info.name
             );
         }
