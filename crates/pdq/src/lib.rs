@@ -9,6 +9,12 @@ mod boxfilter;
 
 pub use boxfilter::instruction_set;
 
+/// Register-level building blocks of the AVX2 filters, for other vectorised code.
+#[cfg(target_arch = "x86_64")]
+pub mod simd {
+    pub use crate::boxfilter::transpose8;
+}
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
