@@ -1711,36 +1711,28 @@ mod tests {
                     crate::luma(pixels, cols, rows, &mut luma);
                     let expected = three_passes(&luma, rows, cols, win_rows, win_cols);
                     let at = sample_positions(cols);
-                    let mut kept = vec![f32::NAN; rows * DOWN];
-                    super::blur(
-                        src,
-                        rows,
-                        cols,
-                        (win_rows, win_cols),
-                        &at,
-                        &mut kept,
-                        &mut scratch,
-                    );
-                    assert_eq!(
-                        bits(&kept),
-                        bits(&expected),
-                        "{rows}x{cols} windows {win_rows},{win_cols} {src:?}"
-                    );
-                    kept.fill(f32::NAN);
-                    blur_impl::<Portable>(
-                        src,
-                        rows,
-                        cols,
-                        (win_rows, win_cols),
-                        &at,
-                        &mut kept,
-                        &mut scratch,
-                    );
-                    assert_eq!(
-                        bits(&kept),
-                        bits(&expected),
-                        "portable {rows}x{cols} windows {win_rows},{win_cols}"
-                    );
+                    // the path this CPU dispatches to, and the portable one
+                    let paths: [(&str, Blur); 2] = [
+                        ("dispatched", super::blur),
+                        ("portable", blur_impl::<Portable>),
+                    ];
+                    for (path, blur) in paths {
+                        let mut kept = vec![f32::NAN; rows * DOWN];
+                        blur(
+                            src,
+                            rows,
+                            cols,
+                            (win_rows, win_cols),
+                            &at,
+                            &mut kept,
+                            &mut scratch,
+                        );
+                        assert_eq!(
+                            bits(&kept),
+                            bits(&expected),
+                            "{path} {rows}x{cols} windows {win_rows},{win_cols} {src:?}"
+                        );
+                    }
                 }
             }
         }
@@ -1749,4 +1741,8 @@ mod tests {
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
+
+    /// [`super::blur`]'s signature, to run each path through the same checks.
+    type Blur =
+        fn(Source<'_>, usize, usize, (usize, usize), &[u32; DOWN], &mut [f32], &mut Scratch);
 }
