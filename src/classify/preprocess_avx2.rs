@@ -375,28 +375,23 @@ unsafe fn vertical_row(
             *a += v * w;
         }
     }
-    if spec.layout == Layout::Nhwc {
-        // normalised in place a channel at a time (in vectors: a strided loop would divide
-        // one value at a time), then interleaved
-        for c in 0..3 {
-            let (scale, mean, std) = (spec.scale, spec.mean[c], spec.std[c]);
-            for a in &mut acc[order[c] * ow8..order[c] * ow8 + ow] {
-                *a = (*a * scale - mean) / std;
-            }
-        }
-        let row = &mut out[i * ow * 3..(i + 1) * ow * 3];
-        let [r, g, b] = order.map(|c| &acc[c * ow8..c * ow8 + ow]);
-        for (o, ((&r, &g), &b)) in row.chunks_exact_mut(3).zip(r.iter().zip(g).zip(b)) {
-            o.copy_from_slice(&[r, g, b]);
-        }
-        return;
-    }
+    // normalised in place, a channel at a time (in vectors), then copied to the tensor
     for c in 0..3 {
-        let src = &acc[order[c] * ow8..order[c] * ow8 + ow];
         let (scale, mean, std) = (spec.scale, spec.mean[c], spec.std[c]);
-        let row = &mut out[c * plane + i * ow..c * plane + (i + 1) * ow];
-        for (o, &a) in row.iter_mut().zip(src) {
-            *o = (a * scale - mean) / std;
+        for a in &mut acc[order[c] * ow8..order[c] * ow8 + ow] {
+            *a = (*a * scale - mean) / std;
+        }
+    }
+    // the tensor's channels, in its order
+    let [c0, c1, c2] = order.map(|c| &acc[c * ow8..c * ow8 + ow]);
+    if spec.layout == Layout::Nhwc {
+        let row = &mut out[i * ow * 3..(i + 1) * ow * 3];
+        for (o, ((&a, &b), &c)) in row.chunks_exact_mut(3).zip(c0.iter().zip(c1).zip(c2)) {
+            o.copy_from_slice(&[a, b, c]);
+        }
+    } else {
+        for (c, src) in [c0, c1, c2].into_iter().enumerate() {
+            out[c * plane + i * ow..c * plane + (i + 1) * ow].copy_from_slice(src);
         }
     }
 }
